@@ -1,0 +1,8 @@
+"""reprfn: RepRFN and its family for lightweight single-image super-resolution."""
+
+__version__ = "0.1.0"
+
+from .checkpoint import CheckpointError, load_model, save_model  # noqa: E402
+from .models import build, fuse  # noqa: E402
+
+__all__ = ["CheckpointError", "__version__", "build", "fuse", "load_model", "save_model"]

@@ -1,0 +1,320 @@
+"""Checkpoints: our safetensors format, and recognition of third-party state dicts by their keys.
+
+Our format is a safetensors file whose metadata says what the tensors cannot: the architecture,
+the form (train | deploy), the native data range, the package version. Everything else (scale,
+width, depth) is also written down, but for third-party files it is inferred from tensor shapes,
+the way spandrel does it.
+
+Loading never unpickles arbitrary objects: safetensors, or ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from . import __version__
+from .models import SRModel, build, names
+from .models.rep import EDGE_KERNELS
+
+FORMAT = "reprfn"
+WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")
+DEFAULT_DATA_RANGE = {"rfdn": 255.0}  # the NTIRE baseline RFDN works on 0..255; everything else 0..1
+INT_FIELDS = ("scale", "in_channels", "channels", "blocks", "esa_channels")
+
+
+class CheckpointError(ValueError):
+    """A file that cannot be used as a model; the message is one line naming the file."""
+
+
+@dataclass
+class Checkpoint:
+    """A state dict in our key layout plus what is needed to build the model for it."""
+
+    config: dict[str, Any]
+    state_dict: dict[str, Tensor]
+    data_range: float = 1.0
+    source: str = "reprfn"  # which layout the file used: reprfn, reprfn-authors, rfdn, imdn
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+
+
+def _is_safetensors(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return head[8:9] == b"{" and 0 < n <= path.stat().st_size - 8
+
+
+def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors or torch file, unwrapped and without ``module.``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    try:
+        if _is_safetensors(path):
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as fh:
+                metadata = dict(fh.metadata() or {})
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        else:
+            metadata = {}
+            tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt, or a pickle with arbitrary objects
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
+    return unwrap(tensors, path), metadata
+
+
+def unwrap(obj: Any, path: Path | str = "checkpoint") -> dict[str, Tensor]:
+    """Find the state dict inside common wrappers (``params_ema``, ``params``, ``state_dict``)."""
+    while isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in WRAPPER_KEYS if k in obj), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path}: holds no state dict of tensors")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path}: holds no state dict of tensors")
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+# ----------------------------------------------------------------------------------------------
+# Recognition: which architecture, which layout, and the shapes that give scale and width
+# ----------------------------------------------------------------------------------------------
+
+
+def _scale_from(sd: Mapping[str, Tensor], key: str, in_channels: int) -> int:
+    out = sd[key].shape[0]
+    scale = math.isqrt(out // in_channels)
+    if scale * scale * in_channels != out:
+        raise CheckpointError(f"upsampler has {out} channels: not {in_channels} x scale^2")
+    return scale
+
+
+def _count(sd: Mapping[str, Tensor], pattern: str) -> int:
+    return len({m.group(1) for k in sd if (m := re.match(pattern, k))})
+
+
+# The authors' RepRFN names -> ours. Order matters: specific rules first.
+_AUTHORS_RULES = [
+    (r"^reprfb(\d+)\.", lambda m: f"blocks.{int(m.group(1)) - 1}."),
+    (r"\.repblock(\d+)\.", lambda m: f".rep.{int(m.group(1)) - 1}."),
+    (r"\.rbr_reparam\.", ".conv."),
+    (r"\.rbr_3x3_branch\.", ".conv3x3."),
+    (r"\.rbr_3x1_branch\.", ".conv3x1."),
+    (r"\.rbr_1x3_branch\.", ".conv1x3."),
+    (r"\.rbr_1x1_branch\.", ".conv1x1."),
+    (r"\.rbr_1x1_3x3_branch_1x1\.", ".expand."),
+    (r"\.rbr_1x1_3x3_branch_3x3\.", ".expand3x3."),
+    (r"\.rbr_conv1x1_sbx_branch\.", ".edges.sobel_x."),
+    (r"\.rbr_conv1x1_sby_branch\.", ".edges.sobel_y."),
+    (r"\.rbr_conv1x1_lpl_branch\.", ".edges.laplacian."),
+    (r"(\.edges\.\w+)\.k0$", r"\1.conv.weight"),
+    (r"(\.edges\.\w+)\.b0$", r"\1.conv.bias"),
+    (r"^(blocks\.\d+)\.conv3\.", r"\1.conv."),
+    (r"^upsampler\.conv\.", "upsampler.0."),
+]
+
+
+def convert_authors_reprfn(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename the authors' RepRFN keys (deploy or training form) to ours.
+
+    Their edge branches store the fixed operator as ``mask`` (checked, then dropped: ours is a
+    buffer) and the scale as (C, 1, 1, 1) (flattened).
+    """
+    out: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        new = key
+        for pattern, repl in _AUTHORS_RULES:
+            new = re.sub(pattern, repl, new)
+        if new.endswith(".mask"):
+            kind = new.split(".")[-2]
+            expected = torch.tensor(EDGE_KERNELS[kind]).expand_as(value[:, 0])
+            if not torch.equal(value[:, 0].float(), expected):
+                raise CheckpointError(f"{key}: edge mask is not the {kind} operator")
+            continue
+        if new.endswith(".scale"):
+            value = value.reshape(-1)
+        out[new] = value
+    return out
+
+
+def recognise(sd: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> Checkpoint:
+    """Work out architecture, form, scale and width of a state dict; convert it to our layout."""
+    metadata = dict(metadata or {})
+    if metadata.get("format") == FORMAT:
+        config: dict[str, Any] = {}
+        for key in ("arch", "form", *INT_FIELDS):
+            if key in metadata:
+                config[key] = int(metadata[key]) if key in INT_FIELDS else metadata[key]
+        data_range = float(metadata.get("data_range", 1))
+        return Checkpoint(config, dict(sd), data_range, "reprfn", metadata)
+
+    keys = set(sd)
+    if any(k.startswith("reprfb1.") for k in keys):
+        sd, source = convert_authors_reprfn(sd), "reprfn-authors"
+        keys = set(sd)
+    else:
+        source = "reprfn"
+
+    if "fea_conv.weight" not in keys:
+        raise CheckpointError(_unknown(keys))
+    in_channels, channels = sd["fea_conv.weight"].shape[1], sd["fea_conv.weight"].shape[0]
+    if "blocks.0.rep.0.conv.weight" in keys or "blocks.0.rep.0.conv3x3.weight" in keys:
+        form = "deploy" if "blocks.0.rep.0.conv.weight" in keys else "train"
+        config = {
+            "arch": "reprfn",
+            "form": form,
+            "blocks": _count(sd, r"^blocks\.(\d+)\."),
+            "esa_channels": sd["blocks.0.esa.conv1.weight"].shape[0],
+        }
+    elif "blocks.0.convs.0.weight" in keys:
+        # The RFN variants differ only in residual connections, which leave no trace in the
+        # weights: the variant must come from metadata or the caller.
+        config = {"arch": metadata.get("arch", ""), "blocks": _count(sd, r"^blocks\.(\d+)\.")}
+    elif "B1.c1_d.weight" in keys:
+        config, source = {"arch": "rfdn", "blocks": _count(sd, r"^B(\d+)\.")}, "rfdn"
+    elif "IMDB1.c1.weight" in keys:
+        config, source = {"arch": "imdn", "blocks": _count(sd, r"^IMDB(\d+)\.")}, "imdn"
+    else:
+        raise CheckpointError(_unknown(keys))
+    config.update(in_channels=in_channels, channels=channels,
+                  scale=_scale_from(sd, "upsampler.0.weight", in_channels))
+    data_range = DEFAULT_DATA_RANGE.get(config["arch"], 1.0)
+    return Checkpoint(config, dict(sd), data_range, source, metadata)
+
+
+def _unknown(keys: set[str]) -> str:
+    sample = ", ".join(sorted(keys)[:3])
+    return f"unrecognised state dict (keys like {sample}): not a {', '.join(names())} checkpoint"
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------
+
+
+def fold_data_range(model: SRModel, data_range: float) -> SRModel:
+    """Make a model trained on 0..data_range map 0..1 to 0..1, exactly, by rescaling weights.
+
+    ``f(r * x) / r``: the input factor goes into the first conv's weight (zero padding commutes
+    with scaling), the output factor into the last conv's weight and bias (PixelShuffle commutes).
+    """
+    if data_range != 1.0:
+        with torch.no_grad():
+            model.first_conv().weight.mul_(data_range)
+            model.last_conv().weight.div_(data_range)
+            model.last_conv().bias.div_(data_range)
+    return model
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    arch: str | None = None,
+    scale: int | None = None,
+    data_range: float | None = None,
+    device: str | torch.device = "cpu",
+) -> SRModel:
+    """Load any supported checkpoint as a model mapping float RGB in [0, 1] to [0, 1], in eval mode.
+
+    Accepts our safetensors files, the authors' RepRFN state dicts (deploy or training form), the
+    NTIRE RFDN file, IMDN files, wrapped in ``params``/``params_ema``/``state_dict`` or prefixed
+    with ``module.``. ``arch`` names an RFN variant (not inferable); ``scale`` is checked against
+    the file; ``data_range`` overrides the native range (default: metadata, else 255 for RFDN
+    files, else 1).
+    """
+    sd, metadata = read_state_dict(path)
+    try:
+        ckpt = recognise(sd, metadata)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    cfg = dict(ckpt.config)
+    if arch:
+        if cfg.get("arch") and cfg["arch"] != arch and not (
+            cfg["arch"].startswith("rfn-") and arch.startswith("rfn-")
+        ):
+            raise CheckpointError(f"{path}: holds a {cfg['arch']} model, not {arch}")
+        cfg["arch"] = arch
+    if not cfg.get("arch"):
+        raise CheckpointError(f"{path}: an RFN variant whose residuals cannot be inferred; pass --arch rfn-plain|rfn-rfb1|rfn-rfb2|rfn-rfb3")
+    if scale is not None and scale != cfg["scale"]:
+        raise CheckpointError(f"{path}: is a x{cfg['scale']} model, but x{scale} was asked for")
+    model = build(cfg.pop("arch"), **cfg)
+    try:
+        model.load_state_dict(ckpt.state_dict, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: {_mismatch(model, ckpt.state_dict, exc)}") from None
+    fold_data_range(model, ckpt.data_range if data_range is None else float(data_range))
+    return model.to(device).eval()
+
+
+def _mismatch(model: SRModel, sd: Mapping[str, Tensor], exc: RuntimeError) -> str:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if shapes:
+        k = sorted(shapes)[0]
+        parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)})")
+    detail = "; ".join(parts) or str(exc).splitlines()[0]
+    return f"does not match a {model.arch} model: {detail}"
+
+
+def metadata_for(model: SRModel, data_range: float = 1.0) -> dict[str, str]:
+    meta = {k: str(v) for k, v in model.config().items()}
+    meta.update(format=FORMAT, version=__version__, data_range=repr(float(data_range)))
+    return meta
+
+
+def save_model(model: SRModel, path: str | os.PathLike, *, data_range: float = 1.0,
+               extra: Mapping[str, str] | None = None) -> Path:
+    """Write ``model`` as safetensors with metadata, atomically (temporary file, then rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = metadata_for(model, data_range)
+    meta.update({k: str(v) for k, v in (extra or {}).items()})
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def describe(model: SRModel) -> dict[str, Any]:
+    """What ``reprfn info`` prints: the config plus the parameter count."""
+    info = model.config()
+    info["params"] = sum(p.numel() for p in model.parameters())
+    return info

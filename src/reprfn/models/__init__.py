@@ -1,0 +1,57 @@
+"""The model registry: every architecture the paper builds or compares against, by name."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Callable
+
+from .blocks import ESA, SRModel
+from .imdn import IMDN
+from .rep import ConvLReLU, RepBlock, fuse, set_mode
+from .reprfn import RFN, RepRFN
+from .rfdn import RFDN
+
+REGISTRY: dict[str, Callable[..., SRModel]] = {
+    "reprfn": RepRFN,
+    **{name: partial(RFN, name) for name in RFN.VARIANTS},
+    "rfdn": RFDN,
+    "imdn": IMDN,
+}
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def build(name: str, scale: int = 4, **kw: Any) -> SRModel:
+    """Build a registered model, e.g. ``build("reprfn", scale=2, channels=32)``.
+
+    Keyword arguments: ``in_channels``, ``channels``, ``blocks``; for ``reprfn`` also
+    ``deploy`` (build the fused form directly) and ``mode`` ("online" or "branches").
+    A ``form`` keyword ("train" or "deploy") is accepted for ``reprfn``, as stored in checkpoints.
+    """
+    if name not in REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(REGISTRY)}")
+    form = kw.pop("form", None)
+    if form is not None:
+        if form not in ("train", "deploy"):
+            raise ValueError(f"unknown form {form!r}; use 'train' or 'deploy'")
+        if name == "reprfn":
+            kw["deploy"] = form == "deploy"
+    return REGISTRY[name](scale=scale, **kw)
+
+
+__all__ = [
+    "ESA",
+    "IMDN",
+    "RFDN",
+    "RFN",
+    "ConvLReLU",
+    "RepBlock",
+    "RepRFN",
+    "SRModel",
+    "build",
+    "fuse",
+    "names",
+    "set_mode",
+]
