@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import CheckpointError, describe, load_model, save_model
+from .evaluate import Bicubic, DatasetResult, evaluate_dataset, output_names
+from .io import atomic_path
 from .models import build, names
 
 EXIT_ERROR = 2
@@ -63,6 +66,76 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device cuda: no CUDA device available to this torch ({torch.__version__})")
+    return torch.device(name)
+
+
+def _eval_model(args: argparse.Namespace) -> torch.nn.Module:
+    """The model ``-w`` names, checked against ``-s``: a checkpoint, or the bicubic baseline."""
+    if args.weights is None:
+        raise UsageError("no weights: pass -w WEIGHTS (a checkpoint) or -w bicubic "
+                         "(bundled default weights are not available yet)")
+    if args.scale is None:
+        raise UsageError("no scale: pass -s 2, 3 or 4")
+    if args.tile is not None and args.tile < 1:
+        raise UsageError(f"--tile must be a positive number of LR pixels, got {args.tile}")
+    if args.weights == "bicubic" and not Path(args.weights).exists():
+        return Bicubic(args.scale)
+    return _load(args).to(_device(args.device))
+
+
+def _eval_table(results: list[DatasetResult]) -> str:
+    width = max([len("dataset"), *(len(r.dataset) for r in results)])
+    lines = [f"{'dataset':<{width}}  {'images':>6}  {'PSNR-Y':>7}  {'SSIM-Y':>6}  {'PSNR-RGB':>8}  {'time(s)':>7}"]
+    for r in results:
+        scores = (f"{r.mean('psnr_y'):>7.2f}  {r.mean('ssim_y'):>6.4f}  {r.mean('psnr_rgb'):>8.2f}"
+                  if r.images else f"{'-':>7}  {'-':>6}  {'-':>8}")
+        lines.append(f"{r.dataset:<{width}}  {len(r.images):>6}  {scores}  {r.seconds:>7.2f}")
+    return "\n".join(lines)
+
+
+def _eval_json(results: list[DatasetResult], weights: str) -> dict:
+    """The ``--json`` report; data sets with no evaluated image are left out (their errors say why)."""
+    return {"results": [
+        {
+            "dataset": r.dataset,
+            "scale": r.scale,
+            "weights": weights,
+            "n_images": len(r.images),
+            "psnr_y": r.mean("psnr_y"),
+            "ssim_y": r.mean("ssim_y"),
+            "psnr_rgb": r.mean("psnr_rgb"),
+            "per_image": [{"name": i.name, "psnr_y": i.psnr_y, "ssim_y": i.ssim_y} for i in r.images],
+        }
+        for r in results if r.images
+    ]}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    model = _eval_model(args)
+    results = []
+    for folder, save_name in zip(args.dirs, output_names(args.dirs)):
+        result = evaluate_dataset(
+            model, folder, args.scale, self_ensemble=args.self_ensemble, tile=args.tile,
+            grey_as_rgb=args.grey_as_rgb,
+            save_dir=Path(args.save_dir) / save_name if args.save_dir else None,
+            progress=lambda pairs, name=folder: tqdm(pairs, desc=name, unit="img", file=sys.stderr,
+                                                     disable=None, leave=False),
+        )
+        for error in result.errors:
+            print(f"reprfn: error: {error}", file=sys.stderr)
+        results.append(result)
+    print(_eval_table(results))
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(_eval_json(results, args.weights), indent=2) + "\n")
+    return EXIT_ERROR if any(r.errors for r in results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reprfn", description="RepRFN super-resolution toolkit")
     parser.add_argument("--version", action="version", version=f"reprfn {__version__}")
@@ -80,6 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", metavar="OUT", help="output .safetensors file")
     _add_load_flags(p)
     p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser("eval", help="PSNR/SSIM on benchmark folders (see docs/evaluation.md)")
+    p.add_argument("-w", "--weights", help="checkpoint in any supported layout, or 'bicubic' (required for now)")
+    p.add_argument("-d", "--dir", dest="dirs", action="append", required=True, metavar="DIR",
+                   help="a folder with HR/ and LR/, or a folder of HR images; repeatable")
+    p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations (x8 time)")
+    p.add_argument("--tile", type=int, metavar="N", help="process tiles of N LR pixels (approximate: ESA sees one tile)")
+    p.add_argument("--grey-as-rgb", action="store_true",
+                   help="measure greyscale images as 3 equal channels, as the paper's Python code does")
+    p.add_argument("--save-dir", metavar="D", help="save SR images as D/<dataset folder>/<name>.png")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="default: cuda when available")
+    _add_load_flags(p)
+    p.set_defaults(func=cmd_eval)
+
     return parser
 
 
