@@ -66,6 +66,18 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import load_config, train
+
+    cfg = load_config(args.config, args.set or [])
+    summary = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = summary["best_val_psnr_y"]
+        print(f"{summary['run_dir']}: {summary['iterations']} iterations (from {summary['started_at']}), "
+              f"last loss {summary['loss']:.5f}" + (f", best val Y-PSNR {best:.2f} dB" if best else ""))
+    return 0
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -168,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load_flags(p)
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("train", help="train a model from folders of HR images (see configs/)")
+    p.add_argument("-c", "--config", required=True, help="YAML config, e.g. configs/reprfn_x4.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (checkpoints, logs, weights)")
+    p.add_argument("--resume", metavar="auto|PATH", help="continue from RUN_DIR/last.ckpt (auto) or a checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
     return parser
 
 

@@ -1,0 +1,59 @@
+"""Training losses: pixel losses, the FFT loss of the paper, and weighted sums from a config."""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+CHARBONNIER_EPS2 = 1e-6
+
+
+def l1_loss(sr: Tensor, hr: Tensor) -> Tensor:
+    return F.l1_loss(sr, hr)
+
+
+def l2_loss(sr: Tensor, hr: Tensor) -> Tensor:
+    return F.mse_loss(sr, hr)
+
+
+def charbonnier_loss(sr: Tensor, hr: Tensor, eps2: float = CHARBONNIER_EPS2) -> Tensor:
+    """mean(sqrt((sr - hr)^2 + eps^2)): L1 that stays smooth at zero (eps^2 = 1e-6)."""
+    return torch.sqrt((sr - hr).square() + eps2).mean()
+
+
+def fft_loss(sr: Tensor, hr: Tensor) -> Tensor:
+    """Mean absolute value of the complex difference of the 2-D FFTs over H and W.
+
+    Computed in float32 even under autocast: half-precision FFTs are neither supported for every
+    size nor accurate enough for a loss.
+    """
+    diff = torch.fft.fft2(sr.float()) - torch.fft.fft2(hr.float())
+    return diff.abs().mean()
+
+
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "l1": l1_loss,
+    "l2": l2_loss,
+    "charbonnier": charbonnier_loss,
+    "fft": fft_loss,
+}
+
+
+class WeightedLoss(nn.Module):
+    """A weighted sum of named losses, e.g. ``{"charbonnier": 0.9, "fft": 0.1}`` (the paper's)."""
+
+    def __init__(self, weights: Mapping[str, float]) -> None:
+        super().__init__()
+        unknown = sorted(set(weights) - set(LOSSES))
+        if unknown:
+            raise ValueError(f"unknown loss {unknown[0]!r}; choose from {', '.join(LOSSES)}")
+        self.weights = {k: float(v) for k, v in weights.items() if float(v) != 0.0}
+        if not self.weights:
+            raise ValueError("the loss has no term with a non-zero weight")
+
+    def forward(self, sr: Tensor, hr: Tensor) -> Tensor:
+        sr = sr.float()
+        return sum(w * LOSSES[name](sr, hr) for name, w in self.weights.items())
