@@ -242,7 +242,7 @@ def test_authors_checkpoint_set14_x4_grey_as_rgb():
 
 
 def test_set14_greyscale_image_conventions():
-    """img_003 is greyscale: measured on itself (our default) it scores 1.32 dB less than as the
+    """img_003 is greyscale: measured on itself (--grey-as-y) it scores 1.32 dB less than as the
     Y of three equal channels, which moves the Set14 mean from 28.65 to 28.56."""
     model = load_model(shared_path(*OFFICIAL), scale=4)
     pair = next(p for p in load_pairs(_benchmark("Set14", "x4"), 4)[0] if p.name == "img_003.png")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -22,11 +21,12 @@ import torch
 from torch import Tensor
 
 from . import __version__
+from .io import atomic_path
 from .models import SRModel, build, names
 from .models.rep import EDGE_KERNELS
 
 FORMAT = "reprfn"
-WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model")
+WRAPPER_KEYS = ("params_ema", "params", "ema", "state_dict", "model")  # first found wins
 DEFAULT_DATA_RANGE = {"rfdn": 255.0}  # the NTIRE baseline RFDN works on 0..255; everything else 0..1
 INT_FIELDS = ("scale", "in_channels", "channels", "blocks", "esa_channels")
 
@@ -73,18 +73,26 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
                 metadata = dict(fh.metadata() or {})
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         else:
-            metadata = {}
             tensors = torch.load(path, map_location="cpu", weights_only=True)
+            metadata = _training_metadata(tensors)
     except Exception as exc:  # truncated, corrupt, or a pickle with arbitrary objects
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
     return unwrap(tensors, path), metadata
 
 
+def _training_metadata(obj: Any) -> dict[str, str]:
+    """A ``reprfn train`` checkpoint names its architecture in its config (RFN variants need it)."""
+    try:
+        return {"arch": str(obj["config"]["model"]["name"])}
+    except (KeyError, TypeError):
+        return {}
+
+
 def unwrap(obj: Any, path: Path | str = "checkpoint") -> dict[str, Tensor]:
     """Find the state dict inside common wrappers (``params_ema``, ``params``, ``state_dict``)."""
     while isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
-        inner = next((obj[k] for k in WRAPPER_KEYS if k in obj), None)
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping) and obj[k]), None)
         if inner is None:
             break
         obj = inner
@@ -301,15 +309,8 @@ def save_model(model: SRModel, path: str | os.PathLike, *, data_range: float = 1
     meta = metadata_for(model, data_range)
     meta.update({k: str(v) for k, v in (extra or {}).items()})
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

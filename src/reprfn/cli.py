@@ -172,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a folder with HR/ and LR/, or a folder of HR images; repeatable")
     p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations (x8 time)")
     p.add_argument("--tile", type=int, metavar="N", help="process tiles of N LR pixels (approximate: ESA sees one tile)")
-    p.add_argument("--grey-as-rgb", action="store_true",
-                   help="measure greyscale images as 3 equal channels, as the paper's Python code does")
+    p.add_argument("--grey-as-y", dest="grey_as_rgb", action="store_false",
+                   help="measure greyscale images on themselves (MATLAB scripts) instead of as 3 equal "
+                        "channels (the default, the convention of the published figures)")
     p.add_argument("--save-dir", metavar="D", help="save SR images as D/<dataset folder>/<name>.png")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="default: cuda when available")

@@ -77,7 +77,7 @@ def _channels(img: np.ndarray, channels: int, path: Path) -> np.ndarray:
     raise DataError(f"{path}: has {img.shape[2]} channels, the model takes {channels}")
 
 
-def load_pairs(
+def decode_training_set(
     folders: str | os.PathLike | Sequence[str | os.PathLike],
     scale: int,
     *,

@@ -242,14 +242,15 @@ def evaluate_dataset(
     *,
     self_ensemble: bool = False,
     tile: int | None = None,
-    grey_as_rgb: bool = False,
+    grey_as_rgb: bool = True,
     save_dir: Path | None = None,
     progress: Callable[[Sequence[Pair]], Iterable[Pair]] = iter,
 ) -> DatasetResult:
     """Evaluate ``model`` on every image of ``folder``; per-file problems go to ``errors``.
 
-    ``grey_as_rgb``: measure greyscale images as three equal channels (Y = 16 + 219 g / 255), the
-    convention of the Python code behind the paper's model figures, instead of the image itself.
+    ``grey_as_rgb`` (default): measure greyscale images as three equal channels
+    (Y = 16 + 219 g / 255), the convention behind the published figures of RepRFN, RFDN and IMDN;
+    ``False`` measures the grey image itself, as MATLAB evaluation scripts do.
     """
     pairs, errors = load_pairs(folder, scale)
     result = DatasetResult(str(folder), scale, errors=errors)

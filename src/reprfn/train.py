@@ -19,7 +19,6 @@ import csv
 import math
 import os
 import random
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ import torch
 import yaml
 
 from .checkpoint import load_model, save_model
-from .data import PatchSampler, load_pairs
+from .data import DataError, PatchSampler, decode_training_set
+from .io import atomic_path
 from .losses import WeightedLoss
 from .models import SRModel, build, set_mode
 
@@ -174,14 +174,8 @@ def _tuplify(obj: Any) -> Any:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,34 +204,29 @@ def init_from(model: SRModel, path: str) -> None:
     model.load_state_dict(matched, strict=False)
 
 
-def validate(model: SRModel, pairs, device: torch.device) -> float:
-    """Mean Y-PSNR (border = scale) of the fused model on the validation pairs, 8-bit outputs."""
+def validate(model: SRModel, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
+    """Mean Y-PSNR of the fused model on (HR, LR) pairs, with the protocol of ``reprfn eval``."""
+    from .evaluate import super_resolve
     from .metrics import psnr
 
     fused = model.fuse().eval()
-    values = []
-    with torch.inference_mode():
-        for pair in pairs:
-            x = torch.from_numpy(np.array(pair.lr)).permute(2, 0, 1)[None].float().div(255).to(device)
-            sr = fused(x).clamp_(0, 1).mul_(255).round_().byte()[0].permute(1, 2, 0).cpu().numpy()
-            values.append(psnr(sr, pair.hr, crop_border=model.scale, test_y_channel=True))
-    return float(np.mean(values))
+    return float(np.mean([psnr(super_resolve(fused, lr), hr, crop_border=model.scale, test_y_channel=True)
+                          for hr, lr in pairs]))
 
 
-def _val_pairs(cfg: Mapping[str, Any]):
-    vdir = cfg["val"]["dir"]
-    if not vdir:
+def val_pairs(cfg: Mapping[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The validation images, decoded once: a benchmark folder as ``reprfn eval`` reads it."""
+    from .evaluate import load_pairs, read_pair, grey_to_rgb
+
+    if not cfg["val"]["dir"]:
         return []
-    vdir = Path(vdir)
-    scale, channels = cfg["model"]["scale"], cfg["model"]["in_channels"]
-    if (vdir / "HR").is_dir() and (vdir / "LR").is_dir():
-        pairs = load_pairs(vdir / "HR", scale, lr_folders=vdir / "LR", channels=channels)
-    elif (vdir / "HR").is_dir():
-        pairs = load_pairs(vdir / "HR", scale, channels=channels)
-    else:
-        pairs = load_pairs(vdir, scale, channels=channels)
-    n = cfg["val"]["max_images"]
-    return pairs[:n] if n else pairs
+    scale = cfg["model"]["scale"]
+    pairs, errors = load_pairs(cfg["val"]["dir"], scale)
+    if errors or not pairs:
+        raise DataError(f"val.dir: {errors[0] if errors else 'no images'}")
+    pairs = pairs[: cfg["val"]["max_images"] or None]
+    as_rgb = cfg["model"]["in_channels"] == 3
+    return [tuple(grey_to_rgb(a) if as_rgb else a for a in read_pair(p, scale)) for p in pairs]
 
 
 class Logger:
@@ -316,10 +305,10 @@ def train(cfg: Mapping[str, Any], run_dir: str | os.PathLike, *, resume: str | N
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    pairs = load_pairs(cfg["data"]["train"], cfg["model"]["scale"], lr_folders=cfg["data"]["train_lr"],
+    pairs = decode_training_set(cfg["data"]["train"], cfg["model"]["scale"], lr_folders=cfg["data"]["train_lr"],
                        min_hr_size=t["patch_size"], channels=cfg["model"]["in_channels"],
                        cache_dir=cfg["data"]["cache_dir"])
-    val_pairs = _val_pairs(cfg) if dist.main else []
+    validation = val_pairs(cfg) if dist.main else []
     sampler = PatchSampler(pairs, cfg["model"]["scale"], t["patch_size"], t["batch_size"], cfg["seed"],
                            rank=dist.rank, world=dist.world)
     loader = torch.utils.data.DataLoader(
@@ -363,8 +352,8 @@ def train(cfg: Mapping[str, Any], run_dir: str | os.PathLike, *, resume: str | N
             if done % t["log_every"] == 0 or done == t["iters"]:
                 row = {"iteration": done, "loss": last_loss, "lr": optimizer.param_groups[0]["lr"],
                        "seconds": round(time.time() - t0, 2)}
-            if val_pairs and (done % cfg["val"]["every"] == 0 or done == t["iters"]):
-                psnr_y = validate(ema if ema is not None else model, val_pairs, device)
+            if validation and (done % cfg["val"]["every"] == 0 or done == t["iters"]):
+                psnr_y = validate(ema if ema is not None else model, validation)
                 row.update(iteration=done, val_psnr_y=psnr_y)
                 if psnr_y > best:
                     best = psnr_y
