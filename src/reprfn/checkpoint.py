@@ -222,6 +222,14 @@ def _unknown(keys: set[str]) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def bundled_weights(scale: int) -> Path:
+    """The default model shipped in the package for ``scale`` (our own training, deploy form)."""
+    path = Path(__file__).parent / "weights" / f"reprfn_x{scale}.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"no bundled model for x{scale}; bundled scales: 2, 3, 4")
+    return path
+
+
 def fold_data_range(model: SRModel, data_range: float) -> SRModel:
     """Make a model trained on 0..data_range map 0..1 to 0..1, exactly, by rescaling weights.
 

@@ -20,13 +20,59 @@ def lrelu(x: Tensor) -> Tensor:
     return F.leaky_relu(x, LRELU_SLOPE)
 
 
+ESA_STRIDE = 6  # conv2 (stride 2) then max-pool (stride 3): one pooled cell per 6 pixels
+ESA_MIN_SIZE = 15  # conv2 (3x3, no padding) then a 7x7 pool need at least 15 pixels
+
+
+def pooled_length(n: int) -> int:
+    """Length of ESA's pooled map for an input of length ``n`` (3x3/2 valid conv, 7x7/3 pool)."""
+    return ((n - 3) // 2 + 1 - 7) // 3 + 1
+
+
+def upsample_in_window(c3: Tensor, size: tuple[int, int], window: tuple[int, int, int, int]) -> Tensor:
+    """Bilinear upsampling (align_corners=False) of a window's pooled map *as the whole image would*.
+
+    ``window = (top, left, height, width)``: where this feature map sits in the full one, with
+    ``top`` and ``left`` multiples of ``ESA_STRIDE``, so that the window's pooled cells are the
+    full map's cells ``top/6 ...``. Each output pixel samples at the full image's coordinate
+    ``(Y + 0.5) * P / H - 0.5`` (clamped at 0), which ``F.interpolate`` on the window alone would
+    not: its grid depends on the window's size. This is what makes tiled inference match the whole.
+    """
+    top, left, height, width = window
+    out = c3
+    for axis, (start, full, n) in enumerate(((top, height, size[0]), (left, width, size[1]))):
+        dim = axis - 2
+        cells = pooled_length(full)
+        scale = torch.tensor(cells / full, dtype=torch.float32)  # float32, as F.interpolate computes it
+        pos = (torch.arange(start, start + n, device=c3.device, dtype=torch.float32) + 0.5) * scale - 0.5
+        pos = pos.clamp_(min=0)
+        i0 = pos.floor()
+        frac = (pos - i0).to(c3.dtype)
+        i0 = i0.long()
+        i1 = torch.clamp(i0 + 1, max=cells - 1)
+        offset = start // ESA_STRIDE
+        last = out.shape[dim] - 1
+        a = out.index_select(dim, (i0 - offset).clamp_(0, last))
+        b = out.index_select(dim, (i1 - offset).clamp_(0, last))
+        shape = [1] * out.dim()
+        shape[dim] = n
+        frac = frac.view(shape)
+        out = a + (b - a) * frac
+    return out
+
+
 class ESA(nn.Module):
     """Enhanced spatial attention (RFANet, as used by RFDN and RepRFN).
 
     ``full=True`` is RFDN's version, whose conv group after the max-pool has three 3x3 convs
     (``conv_max``, ``conv3``, ``conv3_``) with ReLUs between them; ``full=False`` is RepRFN's,
     reduced to the single ``conv3``. Attribute names follow the released checkpoints.
+
+    ``window`` is None except during tiled inference (``reprfn.infer``), where it says where the
+    input sits in the full image (see ``upsample_in_window``).
     """
+
+    window: tuple[int, int, int, int] | None = None
 
     def __init__(self, channels: int, esa_channels: int, full: bool = False) -> None:
         super().__init__()
@@ -49,7 +95,10 @@ class ESA(nn.Module):
             c3 = self.conv3_(F.relu(self.conv3(F.relu(self.conv_max(c1)))))
         else:
             c3 = self.conv3(c1)
-        c3 = F.interpolate(c3, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if self.window is None:
+            c3 = F.interpolate(c3, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        else:
+            c3 = upsample_in_window(c3, (x.shape[-2], x.shape[-1]), self.window)
         return x * self.conv4(c3 + self.conv_f(c1_)).sigmoid()
 
 
