@@ -1,0 +1,518 @@
+"""Export for deployment: ONNX (with a parity check in ONNX Runtime) and TorchScript.
+
+What is exported is always the *fused* (deploy) form of a model: every RepBlock is one 3x3 conv.
+The ONNX file maps float RGB in ``[0, 1]``, ``(N, C, H, W)``, to ``(N, C, s*H, s*W)``, with N, H
+and W dynamic (the ESA's bilinear resize reads its target size from the input's shape at run
+time), input ``input``, output ``output``, and the model's config in ``metadata_props``.
+
+``onnx`` and ``onnxruntime`` are optional (``pip install 'reprfn[onnx]'``); they are imported only
+when a function here needs them. See ``docs/export.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import __version__
+from .checkpoint import metadata_for
+from .io import atomic_path
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+DEFAULT_OPSET = 17
+FP32_TOLERANCE = 1e-4  # max |diff| allowed between ONNX Runtime and PyTorch, float32 export
+FP16_TOLERANCE = 1e-2  # ... float16 weights (against the float32 PyTorch model)
+TORCHSCRIPT_TOLERANCE = 1e-5
+TRACE_SIZE = (32, 32)  # the input size used for tracing; never one of the checked sizes
+# Checked (batch, height, width): odd, non-square, not the traced size; the second has batch 2.
+CHECK_SHAPES = ((1, 61, 47), (2, 37, 53))
+INSTALL_HINT = "pip install 'reprfn[onnx]'"
+
+
+class ExportError(RuntimeError, ValueError):
+    """An export or ONNX model that cannot be used; the message is one line.
+
+    A ``RuntimeError``; also a ``ValueError`` so that ``cli.run`` reports it as a one-line error.
+    """
+
+
+@dataclass
+class ExportReport:
+    """What ``export_onnx`` wrote and how closely ONNX Runtime reproduces PyTorch on it."""
+
+    path: Path
+    opset: int
+    fp16: bool
+    max_abs_diff: float | None = None  # None when the check was not run
+    shapes_checked: list[tuple[int, ...]] = field(default_factory=list)
+    exporter: str = ""  # "torchscript" (torch.onnx, dynamo=False) or "dynamo"
+
+    def summary(self) -> str:
+        prec = "float16 weights" if self.fp16 else "float32"
+        line = f"{self.path}: ONNX opset {self.opset}, {prec}"
+        if self.max_abs_diff is not None:
+            shapes = ", ".join("x".join(map(str, s)) for s in self.shapes_checked)
+            line += f"; max |onnxruntime - torch| = {self.max_abs_diff:.2e} on {shapes}"
+        return line
+
+
+# ----------------------------------------------------------------------------------------------
+# Optional dependencies, imported lazily
+# ----------------------------------------------------------------------------------------------
+
+
+def _import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise ExportError(f"onnx is not installed: {INSTALL_HINT}") from None
+    return onnx
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ExportError(f"onnxruntime is not installed: {INSTALL_HINT}") from None
+    return onnxruntime
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers: the fused CPU copy, natural-image test inputs
+# ----------------------------------------------------------------------------------------------
+
+
+def deploy_copy(model: nn.Module) -> nn.Module:
+    """A fused, float32, CPU, eval-mode copy of ``model``; ``model`` itself is left as it is."""
+    if getattr(model, "form", "train") == "deploy":
+        fused = copy.deepcopy(model)
+    elif hasattr(model, "fuse"):
+        fused = model.fuse()
+    else:
+        raise TypeError(f"expected a reprfn model (reprfn.models.SRModel), got {type(model).__name__}")
+    return fused.to(device="cpu", dtype=torch.float32).eval()
+
+
+def sample_image() -> Path:
+    """The bundled natural photo (256x256 RGB) used for parity checks."""
+    import reprfn
+
+    return Path(reprfn.__file__).parent / "assets" / "astronaut.png"
+
+
+@lru_cache(maxsize=1)
+def _sample_tensor() -> Tensor:
+    from .io import read_image, to_tensor
+
+    return to_tensor(read_image(sample_image()))  # (1, 3, 256, 256) in [0, 1]
+
+
+def image_batch(batch: int, height: int, width: int, in_channels: int = 3) -> Tensor:
+    """``batch`` different crops of the sample photo, float32 ``(batch, in_channels, H, W)``.
+
+    Greyscale models get the BT.601 luma. Natural content matters: random noise drives these
+    networks far outside their trained range, where float rounding differences are amplified.
+    """
+    img = _sample_tensor()
+    _, _, h, w = img.shape
+    if height > h or width > w:
+        raise ValueError(f"a {height}x{width} crop does not fit the {h}x{w} sample photo")
+    crops = []
+    for i in range(batch):
+        top = (40 + 53 * i) % (h - height + 1)
+        left = (70 + 37 * i) % (w - width + 1)
+        crops.append(img[..., top:top + height, left:left + width])
+    x = torch.cat(crops)
+    if in_channels == 1:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    elif in_channels != 3:
+        x = x[:, :1].expand(-1, in_channels, -1, -1)
+    return x.contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX export
+# ----------------------------------------------------------------------------------------------
+
+
+class _Float16(nn.Module):
+    """float32 in -> float16 weights and activations -> float32 out (Cast nodes at both ends)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x.half()).float()
+
+
+def _torch_onnx_export(module: nn.Module, example: Tensor, path: Path, opset: int) -> str:
+    """Run ``torch.onnx.export``: the TorchScript-based exporter first, the dynamo one if that fails."""
+    params = inspect.signature(torch.onnx.export).parameters
+    common: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
+    legacy = dict(
+        common,
+        dynamic_axes={
+            INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+            OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"},
+        },
+        do_constant_folding=True,
+    )
+    if "dynamo" in params:
+        legacy["dynamo"] = False
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # chosen on purpose (stable with F.interpolate(size=x.shape[-2:])); see docs/export.md
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+            torch.onnx.export(module, (example,), str(path), **legacy)
+        return "torchscript"
+    except Exception as exc:  # removed in a future torch, or an op it cannot convert
+        first = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    if "dynamo" not in params:
+        raise ExportError(f"torch.onnx.export failed ({first[:300]})")
+    try:
+        dim = torch.export.Dim.DYNAMIC
+        with torch.no_grad():
+            torch.onnx.export(module, (example,), str(path), dynamo=True, external_data=False,
+                              dynamic_shapes=({0: dim, 2: dim, 3: dim},), verbose=False, **common)
+        return "dynamo"
+    except Exception as exc:
+        second = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        raise ExportError(f"torch.onnx.export failed (TorchScript exporter: {first[:200]}; "
+                          f"dynamo exporter: {second[:200]})") from None
+
+
+def onnx_metadata(model: nn.Module, fp16: bool) -> dict[str, str]:
+    """The ``metadata_props`` written into the ONNX file (all values strings)."""
+    meta = metadata_for(model)  # arch, scale, in_channels, channels, blocks, form, ..., format, version
+    meta.update(
+        precision="float16" if fp16 else "float32",
+        io_dtype="float32",
+        input=f"{INPUT_NAME}: float32 (N, {model.in_channels}, H, W), RGB in [0, 1]"
+        if model.in_channels == 3 else f"{INPUT_NAME}: float32 (N, {model.in_channels}, H, W) in [0, 1]",
+        output=f"{OUTPUT_NAME}: float32 (N, {model.in_channels}, {model.scale}H, {model.scale}W) in [0, 1] (not clamped)",
+        version=__version__,
+    )
+    return meta
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    opset: int = DEFAULT_OPSET,
+    fp16: bool = False,
+    check: bool = True,
+    tolerance: float | None = None,
+) -> ExportReport:
+    """Export the fused form of ``model`` to an ONNX file, atomically; optionally check it.
+
+    ``fp16``: weights and activations in float16, inputs and outputs still float32 (the graph
+    casts at both ends), so every caller feeds the same tensors. ``check``: run ONNX Runtime
+    (CPU) and PyTorch on crops of the sample photo of shapes not used for tracing (one with batch
+    2) and require max |diff| <= ``tolerance`` (default 1e-4 for float32, 1e-2 for float16,
+    measured against the float32 PyTorch model). The file is only put in place if export (and
+    check) succeed; a failure leaves any previous file untouched and raises ``ExportError``.
+    """
+    onnx = _import_onnx()
+    if check:
+        _import_ort()
+    path = Path(path)
+    fused = deploy_copy(model)
+    module: nn.Module = _Float16(copy.deepcopy(fused)).eval() if fp16 else fused
+    example = image_batch(1, *TRACE_SIZE, in_channels=fused.in_channels)
+    report = ExportReport(path=path, opset=opset, fp16=fp16)
+    with atomic_path(path) as tmp:
+        report.exporter = _torch_onnx_export(module, example, tmp, opset)
+        proto = onnx.load(str(tmp))
+        report.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+        del proto.metadata_props[:]
+        for key, value in onnx_metadata(fused, fp16).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.doc_string = f"reprfn {fused.arch} x{fused.scale} (deploy form), exported by reprfn {__version__}"
+        try:
+            onnx.checker.check_model(proto)
+        except Exception as exc:
+            raise ExportError(f"{path}: exported graph fails onnx.checker ({str(exc).splitlines()[0][:200]})") from None
+        onnx.save(proto, str(tmp))
+        if check:
+            limit = tolerance if tolerance is not None else (FP16_TOLERANCE if fp16 else FP32_TOLERANCE)
+            onnx_model = OnnxModel.from_file(tmp)
+            report.max_abs_diff, report.shapes_checked = parity(onnx_model, fused)
+            if not report.max_abs_diff <= limit:  # also catches NaN
+                raise ExportError(f"{path}: ONNX Runtime output differs from PyTorch by "
+                                  f"{report.max_abs_diff:.3g} (> {limit:g}); file not written")
+    return report
+
+
+def parity(
+    candidate: Any,
+    reference: nn.Module,
+    shapes: Sequence[tuple[int, int, int]] = CHECK_SHAPES,
+) -> tuple[float, list[tuple[int, ...]]]:
+    """Max |candidate(x) - reference(x)| over crops of the sample photo, and the shapes used.
+
+    ``candidate`` is anything callable on a float32 CPU tensor (an ``OnnxModel``, a TorchScript
+    module); ``shapes`` are (batch, height, width).
+    """
+    worst, checked = 0.0, []
+    with torch.no_grad():
+        for n, h, w in shapes:
+            x = image_batch(n, h, w, in_channels=reference.in_channels)
+            got, want = candidate(x), reference(x)
+            if got.shape != want.shape:
+                raise ExportError(f"output shape {tuple(got.shape)} for input {tuple(x.shape)}, "
+                                  f"expected {tuple(want.shape)}")
+            diff = float((got.float() - want.float()).abs().max())
+            worst = max(worst, diff if np.isfinite(diff) else float("inf"))
+            checked.append(tuple(x.shape))
+    return worst, checked
+
+
+# ----------------------------------------------------------------------------------------------
+# Running an ONNX file
+# ----------------------------------------------------------------------------------------------
+
+
+class OnnxModel:
+    """An ONNX Runtime session that is called like the torch model, for inference.
+
+    ``model(x)`` takes a float ``(N, C, H, W)`` tensor in [0, 1] and returns float32
+    ``(N, C, s*H, s*W)`` on the input's device (computed on the CPU, or the session's provider).
+    ``scale``, ``in_channels``, ``arch`` and ``metadata`` come from the file's metadata.
+    """
+
+    def __init__(self, session: Any, metadata: dict[str, str], path: Path | None = None) -> None:
+        self.session = session
+        self.metadata = dict(metadata)
+        self.path = path
+        if self.metadata.get("format") != "reprfn" or "scale" not in self.metadata:
+            raise ExportError(f"{path or 'ONNX model'}: not a reprfn ONNX export (no reprfn metadata)")
+        self.arch = self.metadata.get("arch", "")
+        self.scale = int(self.metadata["scale"])
+        self.in_channels = int(self.metadata.get("in_channels", 3))
+        self.form = "deploy"
+        self.fp16 = self.metadata.get("precision") == "float16"
+        inp = session.get_inputs()[0]
+        self._input_name = inp.name
+        self._input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | os.PathLike,
+        *,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> "OnnxModel":
+        """Open an ONNX file written by ``export_onnx`` (CPUExecutionProvider unless told)."""
+        _import_ort()
+        path = Path(path)
+        if not path.is_file():
+            raise ExportError(f"{path}: no such file")
+        return cls._open(str(path), path, providers, threads)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, providers: Sequence[str] | None = None,
+                   threads: int | None = None) -> "OnnxModel":
+        return cls._open(data, None, providers, threads)
+
+    @classmethod
+    def _open(cls, source: str | bytes, path: Path | None, providers: Sequence[str] | None,
+              threads: int | None) -> "OnnxModel":
+        ort = _import_ort()
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        try:
+            session = ort.InferenceSession(source, sess_options=options,
+                                           providers=list(providers or ["CPUExecutionProvider"]))
+        except Exception as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"{path or 'ONNX model'}: cannot be loaded by onnxruntime ({reason[:200]})") from None
+        meta = dict(session.get_modelmeta().custom_metadata_map)
+        return cls(session, meta, path)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"expected a (N, {self.in_channels}, H, W) tensor, got {tuple(x.shape)}")
+        arr = x.detach().to("cpu", torch.float32).contiguous().numpy().astype(self._input_dtype, copy=False)
+        out = self.session.run(None, {self._input_name: arr})[0]
+        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
+
+    forward = __call__
+
+    # torch-module look-alikes, so inference code can treat both the same way
+    def eval(self) -> "OnnxModel":
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> "OnnxModel":
+        return self
+
+    def config(self) -> dict[str, Any]:
+        ints = ("scale", "in_channels", "channels", "blocks", "esa_channels")
+        return {k: int(v) if k in ints else v for k, v in self.metadata.items()
+                if k in ("arch", "form", *ints)}
+
+    def __repr__(self) -> str:
+        where = f" from {self.path}" if self.path else ""
+        return f"OnnxModel({self.arch} x{self.scale}{', float16' if self.fp16 else ''}{where})"
+
+
+def _model_digest(model: nn.Module, opset: int, fp16: bool) -> str:
+    """A key for the export cache: weights, config, options, reprfn and torch versions."""
+    h = hashlib.sha256()
+    config = model.config() if hasattr(model, "config") else {}
+    h.update(json.dumps([config, opset, fp16, __version__, torch.__version__], sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu", torch.float32).contiguous()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def onnx_model_for(
+    model: nn.Module,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    fp16: bool = False,
+    opset: int = DEFAULT_OPSET,
+    threads: int | None = None,
+    check: bool = True,
+) -> OnnxModel:
+    """Export ``model`` (checked) and open it in ONNX Runtime; the backend of ``--backend onnxruntime``.
+
+    With ``cache_dir`` the file is kept there, named by a digest of the fused weights and the
+    options, and reused by later calls; without it the export goes to a temporary folder that is
+    removed once the session holds the model.
+    """
+    _import_ort()
+    fused = deploy_copy(model)
+    if cache_dir is None:
+        with tempfile.TemporaryDirectory(prefix="reprfn-onnx-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            export_onnx(fused, path, opset=opset, fp16=fp16, check=check)
+            return OnnxModel.from_bytes(path.read_bytes(), threads=threads)
+    name = f"{fused.arch}_x{fused.scale}_{_model_digest(fused, opset, fp16)}{'_fp16' if fp16 else ''}.onnx"
+    path = Path(cache_dir) / name
+    if path.is_file():
+        try:
+            return OnnxModel.from_file(path, threads=threads)
+        except ExportError:
+            pass  # unreadable (e.g. truncated by hand): export again
+    export_onnx(fused, path, opset=opset, fp16=fp16, check=check)
+    return OnnxModel.from_file(path, threads=threads)
+
+
+# ----------------------------------------------------------------------------------------------
+# Standalone check: the file needs onnxruntime and numpy, nothing of reprfn or torch
+# ----------------------------------------------------------------------------------------------
+
+_STANDALONE = r"""
+import json, sys
+import numpy as np
+import onnxruntime as ort
+sess = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+meta = sess.get_modelmeta().custom_metadata_map
+c = sess.get_inputs()[0].shape[1]
+h, w = int(sys.argv[2]), int(sys.argv[3])
+yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+img = np.stack([0.5 + 0.4 * np.sin(xx / 5.0 + k) * np.cos(yy / 7.0) for k in range(c)])[None]
+out = sess.run(["output"], {"input": img.astype(np.float32)})[0]
+print(json.dumps({"input": list(img.shape), "output": list(out.shape), "dtype": str(out.dtype),
+                  "finite": bool(np.isfinite(out).all()), "scale": meta.get("scale"),
+                  "imported": sorted(m for m in ("reprfn", "torch") if m in sys.modules)}))
+"""
+
+
+def verify_standalone(path: str | os.PathLike, *, size: tuple[int, int] = (23, 17),
+                      python: str | None = None, timeout: float = 120.0) -> dict[str, Any]:
+    """Run the ONNX file in a fresh, isolated interpreter that imports only onnxruntime and numpy.
+
+    ``python -I`` (no PYTHONPATH, no user site, no current directory on ``sys.path``) with
+    ``PYTHONPATH`` removed from the environment. Returns what the snippet printed: input and
+    output shapes, output dtype, whether all values are finite, the scale from the metadata, and
+    which of reprfn / torch ended up imported (none). Raises ``ExportError`` if it fails.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such file")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    cmd = [python or sys.executable, "-I", "-c", _STANDALONE, str(path.resolve()), str(size[0]), str(size[1])]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout,
+                              cwd=tempfile.gettempdir())
+    except subprocess.TimeoutExpired:
+        raise ExportError(f"{path}: standalone onnxruntime run timed out after {timeout:g} s") from None
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise ExportError(f"{path}: standalone onnxruntime run failed ({(lines[-1] if lines else 'no output')[:300]})")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result["imported"]:
+        raise ExportError(f"{path}: the standalone run imported {', '.join(result['imported'])}")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# TorchScript
+# ----------------------------------------------------------------------------------------------
+
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike, *, check: bool = True) -> Path:
+    """Trace the fused model (float32, CPU) and save it with ``torch.jit.save``, atomically.
+
+    Tracing keeps the input size dynamic (the ESA resize target is recorded as ``x.shape``, not a
+    constant). ``check``: the saved file, reloaded, must match eager PyTorch within 1e-5 on crops
+    of the sample photo of sizes not used for tracing (one with batch 2), else ``ExportError``.
+    Load with ``torch.jit.load(path)``; no reprfn import is needed.
+    """
+    path = Path(path)
+    fused = deploy_copy(model)
+    example = image_batch(1, *TRACE_SIZE, in_channels=fused.in_channels)
+    with warnings.catch_warnings():
+        # torch.jit is deprecated in recent torch but works; chosen on purpose (docs/export.md)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+        with torch.no_grad():
+            traced = torch.jit.trace(fused, example)
+        with atomic_path(path) as tmp:
+            torch.jit.save(traced, str(tmp))
+            if check:
+                diff, _ = parity(torch.jit.load(str(tmp)), fused)
+                if not diff <= TORCHSCRIPT_TOLERANCE:
+                    raise ExportError(f"{path}: TorchScript output differs from eager by {diff:.3g} "
+                                      f"(> {TORCHSCRIPT_TOLERANCE:g}); file not written")
+    return path
+
+
+__all__ = [
+    "ExportError",
+    "ExportReport",
+    "OnnxModel",
+    "export_onnx",
+    "export_torchscript",
+    "image_batch",
+    "onnx_model_for",
+    "parity",
+    "sample_image",
+    "verify_standalone",
+]

@@ -1,0 +1,238 @@
+"""Export: ONNX parity with PyTorch on natural image content, dynamic shapes, metadata, float16,
+the standalone run, the OnnxModel wrapper, TorchScript, and the missing-onnxruntime error."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import reprfn
+from reprfn.export import (
+    CHECK_SHAPES,
+    TRACE_SIZE,
+    ExportError,
+    OnnxModel,
+    export_onnx,
+    export_torchscript,
+    image_batch,
+    onnx_model_for,
+    parity,
+    verify_standalone,
+)
+from tests.helpers import randomize
+
+HAVE_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+needs_onnx = pytest.mark.skipif(not HAVE_ONNX, reason="onnx / onnxruntime not installed (extra 'onnx')")
+BUNDLED_X4 = Path(reprfn.__file__).parent / "weights" / "reprfn_x4.safetensors"
+# (batch, height, width): odd, non-square, none of them the traced size
+SIZES = [(1, 17, 23), (1, 40, 31), (1, 64, 64), (3, 23, 17)]
+# torch.jit.load is deprecated in recent torch (and still works); export_torchscript is tested anyway
+pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.load` is deprecated:DeprecationWarning")
+
+
+def tiny(scale: int, in_channels: int = 3, seed: int = 0) -> reprfn.models.SRModel:
+    """A small RepRFN in training form with random but moderate weights."""
+    model = reprfn.build("reprfn", scale=scale, in_channels=in_channels, channels=8, blocks=1, esa_channels=4)
+    return randomize(model, seed=seed).eval()
+
+
+@pytest.fixture(scope="module")
+def x4() -> reprfn.models.SRModel:
+    if not BUNDLED_X4.is_file():
+        pytest.skip("bundled x4 weights not present")
+    return reprfn.load_model(BUNDLED_X4)
+
+
+def test_check_shapes_are_not_the_traced_shape() -> None:
+    assert all((h, w) != TRACE_SIZE for _, h, w in [*CHECK_SHAPES, *SIZES])
+    x = image_batch(2, 37, 53)
+    assert x.shape == (2, 3, 37, 53) and 0 <= x.min() and x.max() <= 1 and not torch.equal(x[0], x[1])
+
+
+@needs_onnx
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_onnx_matches_torch_on_odd_sizes(tmp_path: Path, scale: int) -> None:
+    model = tiny(scale, seed=scale)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    report = export_onnx(model, tmp_path / "m.onnx")
+    assert report.path == tmp_path / "m.onnx" and report.path.is_file()
+    assert report.opset == 17 and not report.fp16 and report.exporter == "torchscript"
+    assert report.max_abs_diff is not None and report.max_abs_diff <= 1e-4
+    assert [s[2:] for s in report.shapes_checked] == [s[1:] for s in CHECK_SHAPES]
+    # the caller's model is untouched: still training form, same weights
+    assert model.form == "train" and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+    onnx_model = OnnxModel.from_file(report.path)
+    diff, shapes = parity(onnx_model, model, SIZES)  # against the training-form model itself
+    assert diff <= 1e-4, diff
+    assert shapes == [(n, 3, h, w) for n, h, w in SIZES]
+    out = onnx_model(image_batch(3, 23, 17))
+    assert out.shape == (3, 3, 23 * scale, 17 * scale) and out.dtype == torch.float32
+
+
+@needs_onnx
+def test_onnx_file_layout_and_metadata(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto
+
+    model = tiny(3)
+    path = export_onnx(model, tmp_path / "m.onnx", opset=17).path
+    proto = onnx.load(str(path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["format"] == "reprfn" and meta["version"] == reprfn.__version__
+    assert (meta["arch"], meta["scale"], meta["channels"], meta["blocks"]) == ("reprfn", "3", "8", "1")
+    assert (meta["in_channels"], meta["esa_channels"], meta["form"], meta["precision"]) == ("3", "4", "deploy", "float32")
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert [o.name for o in proto.graph.output] == ["output"]
+    for value, names in ((proto.graph.input[0], ("batch", "height", "width")),
+                         (proto.graph.output[0], ("batch", "out_height", "out_width"))):
+        assert value.type.tensor_type.elem_type == TensorProto.FLOAT
+        dims = value.type.tensor_type.shape.dim
+        assert [dims[i].dim_param for i in (0, 2, 3)] == list(names) and dims[1].dim_value == 3
+    # the fused form: one Conv per RepBlock (3), + fea, block conv, lr, upsampler, 5 in ESA
+    assert sum(n.op_type == "Conv" for n in proto.graph.node) == 3 + 4 + 5
+    assert any(n.op_type == "Resize" for n in proto.graph.node)
+
+
+@needs_onnx
+def test_esa_resize_follows_the_input_size(tmp_path: Path) -> None:
+    """The bilinear resize in ESA reads its size from the input: shapes far from the traced one."""
+    model = tiny(2)
+    onnx_model = OnnxModel.from_file(export_onnx(model, tmp_path / "m.onnx").path)
+    for n, h, w in [(1, 15, 15), (2, 101, 19), (1, 19, 150)]:
+        x = image_batch(n, h, w)
+        with torch.no_grad():
+            want = model(x)
+        got = onnx_model(x)
+        assert got.shape == (n, 3, 2 * h, 2 * w)
+        assert (got - want).abs().max() <= 1e-4
+
+
+@needs_onnx
+def test_greyscale_model(tmp_path: Path) -> None:
+    model = tiny(2, in_channels=1)
+    report = export_onnx(model, tmp_path / "g.onnx")
+    assert report.max_abs_diff <= 1e-4 and report.shapes_checked[0][1] == 1
+    onnx_model = OnnxModel.from_file(report.path)
+    assert onnx_model.in_channels == 1
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
+        onnx_model(image_batch(1, 20, 20))
+
+
+@needs_onnx
+def test_float16_export(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto
+
+    model = tiny(4)
+    fp32 = export_onnx(model, tmp_path / "m.onnx")
+    fp16 = export_onnx(model, tmp_path / "m16.onnx", fp16=True)
+    assert fp16.fp16 and fp16.max_abs_diff is not None and fp16.max_abs_diff <= 1e-2
+    proto = onnx.load(str(fp16.path))
+    weights = [t for t in proto.graph.initializer if len(t.dims) == 4]
+    assert weights and all(t.data_type == TensorProto.FLOAT16 for t in weights)
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT  # float32 I/O
+    assert proto.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert {p.key: p.value for p in proto.metadata_props}["precision"] == "float16"
+    assert fp16.path.stat().st_size < fp32.path.stat().st_size
+    onnx_model = OnnxModel.from_file(fp16.path)
+    assert onnx_model.fp16
+    diff, _ = parity(onnx_model, model, SIZES)
+    assert diff <= 1e-2
+
+
+@needs_onnx
+def test_runs_without_reprfn(tmp_path: Path) -> None:
+    path = export_onnx(tiny(3), tmp_path / "m.onnx", check=False).path
+    result = verify_standalone(path, size=(23, 17))
+    assert result["output"] == [1, 3, 69, 51] and result["dtype"] == "float32" and result["finite"]
+    assert result["imported"] == [] and result["scale"] == "3"
+
+
+@needs_onnx
+def test_failed_check_leaves_no_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"old")
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_onnx(tiny(2), path, tolerance=-1.0)  # no difference passes
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary left behind
+
+
+@needs_onnx
+def test_onnx_model_behaves_like_the_torch_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import reprfn.export as export
+
+    model = tiny(3)
+    onnx_model = onnx_model_for(model)  # temporary file, gone afterwards
+    assert (onnx_model.scale, onnx_model.in_channels, onnx_model.arch) == (3, 3, "reprfn")
+    assert onnx_model.eval() is onnx_model and onnx_model.config()["channels"] == 8
+    x = image_batch(2, 29, 41)
+    with torch.no_grad():
+        want = model(x)
+    got = onnx_model(x)
+    assert got.shape == want.shape and got.dtype == torch.float32 and (got - want).abs().max() <= 1e-4
+    with pytest.raises(ValueError, match="expected a"):
+        onnx_model(x[0])
+
+    cached = onnx_model_for(model, tmp_path)
+    files = list(tmp_path.glob("*.onnx"))
+    assert len(files) == 1 and files[0].name.startswith("reprfn_x3_") and cached.path == files[0]
+    monkeypatch.setattr(export, "export_onnx", lambda *a, **k: pytest.fail("cache not used"))
+    again = onnx_model_for(model, tmp_path)
+    assert again.path == files[0] and torch.equal(again(x), got)
+
+
+@needs_onnx
+def test_not_a_reprfn_onnx_file(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["input"], ["output"])], "g",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 4])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 4, 4])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "id.onnx"))
+    with pytest.raises(ExportError, match="not a reprfn ONNX export"):
+        OnnxModel.from_file(tmp_path / "id.onnx")
+    with pytest.raises(ExportError, match="no such file"):
+        OnnxModel.from_file(tmp_path / "missing.onnx")
+
+
+def test_missing_onnxruntime_gives_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    expected = r"^onnxruntime is not installed: pip install 'reprfn\[onnx\]'$"
+    with pytest.raises(RuntimeError, match=expected):
+        OnnxModel.from_file(tmp_path / "m.onnx")
+    with pytest.raises(RuntimeError, match=expected):
+        onnx_model_for(tiny(2))
+    if HAVE_ONNX:
+        with pytest.raises(RuntimeError, match=expected):
+            export_onnx(tiny(2), tmp_path / "m.onnx")
+        assert not (tmp_path / "m.onnx").exists()
+
+
+def test_torchscript_matches_eager_on_other_sizes(tmp_path: Path) -> None:
+    model = tiny(3)
+    path = export_torchscript(model, tmp_path / "m.pt")
+    assert path.is_file() and [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+    loaded = torch.jit.load(str(path))
+    diff, _ = parity(loaded, model, SIZES + [(2, 15, 15)])
+    assert diff <= 1e-5, diff
+
+
+@needs_onnx
+def test_bundled_x4_model(tmp_path: Path, x4: reprfn.models.SRModel) -> None:
+    """Realistic weights: float32 within 1e-4, float16 within 1e-2, TorchScript within 1e-5."""
+    fp32 = export_onnx(x4, tmp_path / "x4.onnx")
+    fp16 = export_onnx(x4, tmp_path / "x4_fp16.onnx", fp16=True)
+    assert fp32.max_abs_diff <= 1e-4 and fp16.max_abs_diff <= 1e-2
+    sizes = [(1, 17, 23), (1, 40, 31)]
+    assert parity(OnnxModel.from_file(fp32.path), x4, sizes)[0] <= 1e-4
+    assert parity(OnnxModel.from_file(fp16.path), x4, sizes)[0] <= 1e-2
+    ts = export_torchscript(x4, tmp_path / "x4.pt")
+    assert parity(torch.jit.load(str(ts)), x4, sizes)[0] <= 1e-5
+    assert verify_standalone(fp16.path)["output"] == [1, 3, 92, 68]
