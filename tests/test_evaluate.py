@@ -113,8 +113,13 @@ def test_bad_inputs_one_line_each_and_the_rest_evaluated(weights, pair_dir, tmp_
     assert [i["name"] for i in report["results"][0]["per_image"]] == ["a.png", "b.png", "c.png"]
 
 
+def test_bundled_model_is_the_default(hr_dir, tmp_path, capsys):
+    code, report, _ = _eval(["-d", str(hr_dir), "-s", "2"], tmp_path, capsys)
+    assert code == 0 and report["results"][0]["weights"].endswith("reprfn_x2.safetensors")
+    assert report["results"][0]["psnr_y"] > 20
+
+
 @pytest.mark.parametrize("argv,message", [
-    (["-d", "X", "-s", "2"], "bundled default weights"),
     (["-w", "bicubic", "-d", "X"], "-s"),
     (["-w", "WEIGHTS", "-d", "X", "-s", "3"], "x2 model, but x3"),
     (["-w", "bicubic", "-d", "X", "-s", "2", "--tile", "0"], "--tile"),

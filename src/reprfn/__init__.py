@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
+from .api import upscale  # noqa: E402
 from .checkpoint import CheckpointError, load_model, save_model  # noqa: E402
 from .models import build, fuse  # noqa: E402
 
-__all__ = ["CheckpointError", "__version__", "build", "fuse", "load_model", "save_model"]
+__all__ = ["CheckpointError", "__version__", "build", "fuse", "load_model", "save_model", "upscale"]

@@ -79,20 +79,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device cuda: no CUDA device available to this torch ({torch.__version__})")
-    return torch.device(name)
+    from .api import resolve_device
+
+    return resolve_device(name)
 
 
 def _eval_model(args: argparse.Namespace) -> torch.nn.Module:
     """The model ``-w`` names, checked against ``-s``: a checkpoint, or the bicubic baseline."""
-    if args.weights is None:
-        raise UsageError("no weights: pass -w WEIGHTS (a checkpoint) or -w bicubic "
-                         "(bundled default weights are not available yet)")
     if args.scale is None:
         raise UsageError("no scale: pass -s 2, 3 or 4")
+    if args.weights is None:
+        from .checkpoint import bundled_weights
+
+        args.weights = str(bundled_weights(args.scale))
     if args.tile is not None and args.tile < 1:
         raise UsageError(f"--tile must be a positive number of LR pixels, got {args.tile}")
     if args.weights == "bicubic" and not Path(args.weights).exists():
@@ -148,6 +147,87 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_ERROR if any(r.errors for r in results) else 0
 
 
+def _upscale_model(args: argparse.Namespace, device: torch.device):
+    from .api import resolve_model
+
+    model = resolve_model(args.weights, args.scale, device)
+    if args.backend == "onnxruntime":
+        from .export import onnx_model_for
+
+        if device.type != "cpu":
+            raise UsageError("--backend onnxruntime runs on the CPU: use --device cpu")
+        return onnx_model_for(model)
+    return model
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .api import collect_inputs, output_path, upscale_file
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    device = _device(args.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    tile = 0 if args.tile == "0" else args.tile if args.tile == "auto" else _positive(args.tile, "--tile")
+    files, errors = collect_inputs(args.inputs, args.recursive)
+    out = Path(args.output)
+    single = len(files) == 1 and len(args.inputs) == 1 and not Path(args.inputs[0]).is_dir()
+    files = files[rank::world]  # torchrun: each rank takes every world-th file
+    model = _upscale_model(args, device) if files else None
+    sources = {f.resolve() for f in files}
+    for message in errors if rank == 0 else []:
+        print(f"reprfn: error: {message}", file=sys.stderr)
+    bar = tqdm(files, unit="img", disable=args.quiet or len(files) < 2, file=sys.stderr)
+    written = 0
+    for src in bar:
+        dst = output_path(src, out, single=single, suffix=args.suffix, ext=args.ext)
+        try:
+            if dst.resolve() in sources:
+                raise UsageError(f"{dst}: would overwrite an input; choose another -o or --suffix")
+            if args.skip_existing and dst.exists():
+                continue
+            upscale_file(model, src, dst, max_pixels=args.max_pixels, tile=tile, pad=args.tile_pad,
+                         device=device, precision=args.precision)
+            written += 1
+            if not args.quiet and len(files) == 1:
+                print(dst)
+        except (ValueError, OSError, RuntimeError) as exc:
+            line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            errors.append(line)
+            tqdm.write(f"reprfn: error: {line if str(src) in line else f'{src}: {line}'}", file=sys.stderr)
+    if not args.quiet and len(files) > 1:
+        print(f"{written} of {len(files)} images upscaled x{model.scale} into {out}", file=sys.stderr)
+    return EXIT_ERROR if errors else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .api import resolve_model
+    from .export import export_onnx, export_torchscript
+
+    model = resolve_model(args.weights, args.scale, torch.device("cpu"))
+    out = Path(args.output)
+    if out.suffix.lower() in (".pt", ".ts", ".torchscript"):
+        export_torchscript(model, out)
+        print(f"{out}: TorchScript, {model.arch} x{model.scale}, fused")
+        return 0
+    if out.suffix.lower() != ".onnx":
+        raise UsageError(f"{out}: name the output .onnx (ONNX) or .pt / .ts (TorchScript)")
+    report = export_onnx(model, out, opset=args.opset, fp16=args.fp16)
+    print(report.summary())
+    return 0
+
+
+def _positive(text: str, flag: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{flag} takes auto, 0 or a number of pixels, got {text!r}") from None
+    if value < 0:
+        raise UsageError(f"{flag} must not be negative, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reprfn", description="RepRFN super-resolution toolkit")
     parser.add_argument("--version", action="version", version=f"reprfn {__version__}")
@@ -167,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("eval", help="PSNR/SSIM on benchmark folders (see docs/evaluation.md)")
-    p.add_argument("-w", "--weights", help="checkpoint in any supported layout, or 'bicubic' (required for now)")
+    p.add_argument("-w", "--weights", help="checkpoint in any supported layout, or 'bicubic' (default: the bundled model)")
     p.add_argument("-d", "--dir", dest="dirs", action="append", required=True, metavar="DIR",
                    help="a folder with HR/ and LR/, or a folder of HR images; repeatable")
     p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations (x8 time)")
@@ -180,6 +260,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="default: cuda when available")
     _add_load_flags(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("upscale", help="upscale images with the bundled model (or -w WEIGHTS)")
+    p.add_argument("-i", "--input", dest="inputs", nargs="+", required=True, metavar="INPUT",
+                   help="image files, folders or globs")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output file (one input) or folder (created)")
+    p.add_argument("-s", "--scale", type=int, choices=(2, 3, 4), help="upscaling factor (default 4, or the model's)")
+    p.add_argument("-w", "--weights", help="checkpoint in any supported layout (default: the bundled model)")
+    p.add_argument("--tile", default="auto", help="auto (from free memory), 0 (whole image) or a tile size in LR pixels")
+    p.add_argument("--tile-pad", type=int, default=48, metavar="P", help="context pixels around each tile (default 48)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    p.add_argument("--suffix", default="", help="added to output file names, e.g. _x4")
+    p.add_argument("--ext", choices=("auto", "png", "jpg", "webp"), default="auto", help="output format (auto: as the input)")
+    p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
+    p.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="refuse inputs above N pixels (decompression-bomb guard; 0 lifts it)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("export", help="export the fused model to ONNX (checked against PyTorch) or TorchScript")
+    p.add_argument("-w", "--weights", help="checkpoint in any supported layout (default: the bundled model)")
+    p.add_argument("-s", "--scale", type=int, choices=(2, 3, 4), help="scale of the bundled model (default 4)")
+    p.add_argument("-o", "--output", required=True, help="model.onnx, or model.pt for TorchScript")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--fp16", action="store_true", help="float16 weights and compute, float32 input/output")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("train", help="train a model from folders of HR images (see configs/)")
     p.add_argument("-c", "--config", required=True, help="YAML config, e.g. configs/reprfn_x4.yaml")

@@ -269,6 +269,27 @@ def _load(path: Path, max_pixels: int | None) -> Picture:
                    icc, exif, fmt)
 
 
+def picture_from_pil(im: Image.Image) -> Picture:
+    """An in-memory Pillow image as a Picture, with the modes of ``load_picture``."""
+    pixels, alpha, icc = _to_arrays(im, im.info.get("icc_profile") or None, Path("<PIL image>"))
+    return Picture(np.ascontiguousarray(pixels), alpha, icc, None, im.format or "PNG")
+
+
+def picture_to_pil(pic: Picture) -> Image.Image:
+    """A Picture as a Pillow image: L, I;16 (16-bit grey), RGB, LA or RGBA.
+
+    Pillow holds no 16-bit colour; 16-bit colour comes back as 8-bit (use the numpy API for it).
+    """
+    pixels, alpha = pic.pixels, pic.alpha
+    if pixels.dtype == np.uint16 and (pixels.ndim == 3 or alpha is not None):
+        pixels, alpha = _to_8bit16(pixels), None if alpha is None else _to_8bit16(alpha)
+    samples = _with_alpha(pixels, alpha)
+    im = Image.fromarray(np.ascontiguousarray(samples[..., 0] if samples.shape[2] == 1 else samples))
+    if pic.icc_profile:
+        im.info["icc_profile"] = pic.icc_profile
+    return im
+
+
 def _tile_rawmode(im: Image.Image) -> str | None:
     """The rawmode Pillow will decode the file's samples with: it tells the file's bit depth."""
     tile = getattr(im, "tile", None)

@@ -1,0 +1,190 @@
+"""The Python API: ``reprfn.upscale`` for images in memory, ``upscale_file`` for files.
+
+Images keep their kind: greyscale stays greyscale, 16-bit stays 16-bit, alpha is upscaled on its
+own with MATLAB bicubic (the model only ever sees colour) and re-attached.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import bundled_weights, load_model
+from .infer import DEFAULT_PAD, Precision, auto_tile, run_model
+from .io import IMAGE_SUFFIXES, Picture, load_picture, save_picture
+from .resize import imresize
+
+ModelLike = Union[None, str, os.PathLike, nn.Module]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA device is available")
+    return device
+
+
+def resolve_model(model: ModelLike, scale: int | None, device: torch.device) -> nn.Module:
+    """The bundled model for ``scale`` (None), a checkpoint path, or a model (scale checked)."""
+    if model is None:
+        return load_model(bundled_weights(scale or 4), device=device)
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model, scale=scale, device=device)
+    if scale is not None and getattr(model, "scale", scale) != scale:
+        raise ValueError(f"the model upscales x{model.scale}, but x{scale} was asked for")
+    return model
+
+
+def _max_value(dtype: np.dtype) -> float:
+    if dtype == np.uint8:
+        return 255.0
+    if dtype == np.uint16:
+        return 65535.0
+    raise TypeError(f"images must be uint8 or uint16, got {dtype}")
+
+
+def _quantize(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    return np.clip(np.rint(x * _max_value(dtype)), 0, _max_value(dtype)).astype(dtype)
+
+
+def upscale_pixels(model: nn.Module, pixels: np.ndarray, *, tile: int | str = "auto", pad: int = DEFAULT_PAD,
+                   device: torch.device | None = None, precision: Precision = "fp32") -> np.ndarray:
+    """SR of an HxW or HxWx3 uint8/uint16 array; same layout and dtype out.
+
+    A greyscale image is given to an RGB model on three equal channels and the output averaged back.
+    """
+    device = device or torch.device("cpu")
+    x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32) / _max_value(pixels.dtype))
+    x = x[None, None] if x.dim() == 2 else x.permute(2, 0, 1)[None]
+    channels = getattr(model, "in_channels", 3)
+    if x.shape[1] == 1 and channels == 3:
+        x = x.expand(-1, 3, -1, -1)
+    elif x.shape[1] != channels:
+        raise ValueError(f"a {x.shape[1]}-channel image for a model of {channels} input channels")
+    if tile == "auto":
+        tile = auto_tile(x.shape[-2], x.shape[-1], device)
+    y = run_model(model, x, tile=int(tile), pad=pad, device=device, precision=precision)[0]
+    if pixels.ndim == 2:
+        y = y.mean(dim=0)
+    else:
+        y = y.permute(1, 2, 0)
+    return _quantize(y.numpy(), pixels.dtype)
+
+
+def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
+    """Alpha is not colour: MATLAB bicubic, clipped to the valid range."""
+    up = imresize(alpha.astype(np.float64) / _max_value(alpha.dtype), scale)
+    return _quantize(up, alpha.dtype)
+
+
+def upscale_picture(model: nn.Module, pic: Picture, **kw: Any) -> Picture:
+    pixels = upscale_pixels(model, pic.pixels, **kw)
+    alpha = upscale_alpha(pic.alpha, model.scale) if pic.alpha is not None else None
+    return replace(pic, pixels=pixels, alpha=alpha)
+
+
+def upscale(image: Any, scale: int | None = 4, model: ModelLike = None, tile: int | str = "auto",
+            device: str | torch.device = "auto", precision: Precision = "fp32", pad: int = DEFAULT_PAD) -> Any:
+    """Upscale a PIL image, a numpy array (HxW, HxWx1, HxWx3, HxWx4; uint8 or uint16) or a float
+    tensor ((C, H, W) or (N, C, H, W) in [0, 1]) and return the same kind.
+
+    ``model``: None for the bundled model of ``scale``, a checkpoint path, or a loaded model.
+    ``tile``: "auto" (from free memory), 0 (whole image) or a tile size in LR pixels.
+    """
+    dev = resolve_device(device)
+    net = resolve_model(model, scale, dev)
+    kw = {"tile": tile, "pad": pad, "device": dev, "precision": precision}
+    if isinstance(image, torch.Tensor):
+        return _upscale_tensor(net, image, **kw)
+    if isinstance(image, np.ndarray):
+        return _upscale_array(net, image, **kw)
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        from .io import picture_from_pil, picture_to_pil
+
+        return picture_to_pil(upscale_picture(net, picture_from_pil(image), **kw))
+    raise TypeError(f"cannot upscale a {type(image).__name__}: give a PIL image, a numpy array or a tensor")
+
+
+def _upscale_array(net: nn.Module, image: np.ndarray, **kw: Any) -> np.ndarray:
+    if image.ndim == 3 and image.shape[2] in (1, 2, 4):
+        colour = image[..., 0] if image.shape[2] <= 2 else image[..., :3]
+        alpha = image[..., -1] if image.shape[2] in (2, 4) else None
+        pic = upscale_picture(net, Picture(colour, alpha, None, None, "array"), **kw)
+        if image.shape[2] == 1:
+            return pic.pixels[..., None]
+        colour = pic.pixels[..., None] if pic.pixels.ndim == 2 else pic.pixels
+        return np.concatenate([colour, pic.alpha[..., None]], axis=2)
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3):
+        return upscale_pixels(net, image, **kw)
+    raise ValueError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
+
+
+def _upscale_tensor(net: nn.Module, image: torch.Tensor, **kw: Any) -> torch.Tensor:
+    if not torch.is_floating_point(image) or image.dim() not in (3, 4):
+        raise ValueError("tensors must be float (C, H, W) or (N, C, H, W) in [0, 1]")
+    batch = image if image.dim() == 4 else image[None]
+    tile = kw.pop("tile")
+    if tile == "auto":
+        tile = auto_tile(batch.shape[-2], batch.shape[-1], kw["device"])
+    out = run_model(net, batch.detach().float().cpu(), tile=int(tile), **kw).to(image.dtype)
+    return out if image.dim() == 4 else out[0]
+
+
+def upscale_file(model: nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *,
+                 max_pixels: int | None = None, quality: int = 95, **kw: Any) -> Path:
+    """Read ``src``, upscale it, write ``dst`` atomically (no partial file, ever)."""
+    from .io import DEFAULT_MAX_PIXELS
+
+    pic = load_picture(src, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels or None)
+    return save_picture(upscale_picture(model, pic, **kw), dst, quality=quality)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches of files: what to read, where to write
+# ----------------------------------------------------------------------------------------------
+
+def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path], list[str]]:
+    """Files, folders (their images; ``recursive`` descends) and globs -> sorted unique files,
+    plus one-line messages for inputs that match nothing."""
+    import glob
+
+    files: list[Path] = []
+    errors: list[str] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            pattern = "**/*" if recursive else "*"
+            found = [p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            if not found:
+                errors.append(f"{path}: no images in this folder" + ("" if recursive else " (--recursive looks deeper)"))
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            matches = [Path(p) for p in glob.glob(item, recursive=recursive) if Path(p).is_file()]
+            if not matches:
+                errors.append(f"{item}: no such file")
+            files += matches
+    unique = sorted({p.resolve(): p for p in files}.values(), key=lambda p: str(p))
+    return unique, errors
+
+
+def output_path(src: Path, out: Path, *, single: bool, suffix: str, ext: str) -> Path:
+    """Where the result of ``src`` goes: ``out`` itself for one input named like an image file,
+    else ``out/<stem><suffix><ext>``; ``ext`` "auto" keeps the input's own suffix (format)."""
+    from .io import output_format
+
+    if single and out.suffix.lower() in IMAGE_SUFFIXES:
+        return out
+    keep = ext == "auto" and src.suffix.lower() in IMAGE_SUFFIXES
+    return out / f"{src.stem}{suffix}{src.suffix.lower() if keep else output_format('PNG', ext)}"
