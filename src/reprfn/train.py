@@ -291,7 +291,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | os.PathLike, *, resume: str | N
 
     ckpt_path = _resume_path(run_dir, resume)
     if ckpt_path is not None:
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # RNG states must stay on the host
         model.load_state_dict(state["model"])
         if ema is not None and state.get("ema") is not None:
             ema.load_state_dict(state["ema"])
