@@ -131,6 +131,10 @@ def test_outputs_of_a_run(tmp_path, photos):
     assert fused.form == "deploy" and fused.scale == 2
     ckpt = torch.load(run / "last.ckpt", weights_only=True)
     assert {"model", "ema", "optimizer", "scheduler", "rng", "iteration"} <= ckpt.keys()
+    # `reprfn fuse last.ckpt` / load_model read a training checkpoint, preferring its EMA weights
+    from_ckpt = load_model(run / "last.ckpt").state_dict()
+    final = load_file(run / "final.safetensors")
+    assert all(torch.equal(from_ckpt[k], final[k]) for k in final)
     lines = (run / "log.csv").read_text().splitlines()
     assert lines[0].startswith("iteration,loss") and len(lines) == 5
 
