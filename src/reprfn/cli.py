@@ -109,8 +109,9 @@ def _eval_table(results: list[DatasetResult]) -> str:
     return "\n".join(lines)
 
 
-def _eval_json(results: list[DatasetResult], weights: str) -> dict:
-    """The ``--json`` report; data sets with no evaluated image are left out (their errors say why)."""
+def _eval_json(results: list[tuple[str, DatasetResult]]) -> dict:
+    """The ``--json`` report, one entry per (weights, data set); data sets with no evaluated image
+    are left out (their errors say why)."""
     return {"results": [
         {
             "dataset": r.dataset,
@@ -122,29 +123,47 @@ def _eval_json(results: list[DatasetResult], weights: str) -> dict:
             "psnr_rgb": r.mean("psnr_rgb"),
             "per_image": [{"name": i.name, "psnr_y": i.psnr_y, "ssim_y": i.ssim_y} for i in r.images],
         }
-        for r in results if r.images
+        for weights, r in results if r.images
     ]}
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    model = _eval_model(args)
-    results = []
-    for folder, save_name in zip(args.dirs, output_names(args.dirs)):
-        result = evaluate_dataset(
-            model, folder, args.scale, self_ensemble=args.self_ensemble, tile=args.tile,
-            grey_as_rgb=args.grey_as_rgb,
-            save_dir=Path(args.save_dir) / save_name if args.save_dir else None,
-            progress=lambda pairs, name=folder: tqdm(pairs, desc=name, unit="img", file=sys.stderr,
-                                                     disable=None, leave=False),
-        )
-        for error in result.errors:
-            print(f"reprfn: error: {error}", file=sys.stderr)
-        results.append(result)
-    print(_eval_table(results))
+    from .report import Collector, column_labels
+
+    # every -w is loaded first, so that a bad one fails before any long evaluation
+    runs = [argparse.Namespace(**{**vars(args), "weights": w}) for w in args.weights or [None]]
+    models = [_eval_model(one) for one in runs]
+    labels = column_labels([one.weights for one in runs])
+    collector = Collector() if args.report else None
+    results: list[tuple[str, DatasetResult]] = []
+    for one, model, label in zip(runs, models, labels):
+        mine = []
+        for folder, save_name in zip(args.dirs, output_names(args.dirs)):
+            save_dir = Path(args.save_dir) / (label if len(runs) > 1 else "") / save_name if args.save_dir else None
+            result = evaluate_dataset(
+                model, folder, args.scale, self_ensemble=args.self_ensemble, tile=args.tile,
+                grey_as_rgb=args.grey_as_rgb, save_dir=save_dir,
+                progress=lambda pairs, name=folder: tqdm(pairs, desc=name, unit="img", file=sys.stderr,
+                                                         disable=None, leave=False),
+                on_image=collector.hook(label, folder) if collector else None,
+            )
+            for error in result.errors:
+                print(f"reprfn: error: {error}", file=sys.stderr)
+            mine.append(result)
+        if len(runs) > 1:
+            print(("" if one is runs[0] else "\n") + f"weights: {one.weights}")
+        print(_eval_table(mine))
+        results += [(one.weights, r) for r in mine]
     if args.json:
         with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps(_eval_json(results, args.weights), indent=2) + "\n")
-    return EXIT_ERROR if any(r.errors for r in results) else 0
+            tmp.write_text(json.dumps(_eval_json(results), indent=2) + "\n")
+    if args.report:
+        from .report import eval_report
+
+        out = eval_report(args.report, args, list(zip(labels, [one.weights for one in runs], models)),
+                          results, collector)
+        print(f"report: {out}", file=sys.stderr)
+    return EXIT_ERROR if any(r.errors for _, r in results) else 0
 
 
 def _upscale_model(args: argparse.Namespace, device: torch.device):
@@ -218,6 +237,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from .serve import serve
+        import python_multipart  # noqa: F401
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(f"reprfn serve needs the 'serve' extra ({exc.name} is missing): "
+                         "pip install 'reprfn[serve]'") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"reprfn: warning: listening on {args.host}: other machines can use this server", file=sys.stderr)
+    print(f"reprfn: serving on http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr)
+    serve(args.host, args.port, device=_device(args.device))
+    return 0
+
+
 def _positive(text: str, flag: str) -> int:
     try:
         value = int(text)
@@ -247,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("eval", help="PSNR/SSIM on benchmark folders (see docs/evaluation.md)")
-    p.add_argument("-w", "--weights", help="checkpoint in any supported layout, or 'bicubic' (default: the bundled model)")
+    p.add_argument("-w", "--weights", action="append",
+                   help="checkpoint in any supported layout, or 'bicubic' (default: the bundled model); "
+                        "repeatable: each is evaluated and becomes a column of --report")
     p.add_argument("-d", "--dir", dest="dirs", action="append", required=True, metavar="DIR",
                    help="a folder with HR/ and LR/, or a folder of HR images; repeatable")
     p.add_argument("--self-ensemble", action="store_true", help="average the 8 flips/rotations (x8 time)")
@@ -257,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "channels (the default, the convention of the published figures)")
     p.add_argument("--save-dir", metavar="D", help="save SR images as D/<dataset folder>/<name>.png")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--report", metavar="FILE.html",
+                   help="write a self-contained HTML report: crops where the models differ, a "
+                        "before/after slider, the scores, PSNR against params/MACs/CPU time")
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="default: cuda when available")
     _add_load_flags(p)
     p.set_defaults(func=cmd_eval)
@@ -297,6 +337,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="auto|PATH", help="continue from RUN_DIR/last.ckpt (auto) or a checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("serve", help="a local web page (and HTTP API) that upscales images")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -245,12 +245,15 @@ def evaluate_dataset(
     grey_as_rgb: bool = True,
     save_dir: Path | None = None,
     progress: Callable[[Sequence[Pair]], Iterable[Pair]] = iter,
+    on_image: Callable[[Pair, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> DatasetResult:
     """Evaluate ``model`` on every image of ``folder``; per-file problems go to ``errors``.
 
     ``grey_as_rgb`` (default): measure greyscale images as three equal channels
     (Y = 16 + 219 g / 255), the convention behind the published figures of RepRFN, RFDN and IMDN;
     ``False`` measures the grey image itself, as MATLAB evaluation scripts do.
+    ``on_image(pair, hr, lr, sr)`` is called with the arrays of each evaluated image (the HTML
+    report keeps some of them).
     """
     pairs, errors = load_pairs(folder, scale)
     result = DatasetResult(str(folder), scale, errors=errors)
@@ -268,6 +271,8 @@ def evaluate_dataset(
             continue
         if save_dir is not None:
             write_png(sr, save_dir / f"{pair.hr.stem}.png")
+        if on_image is not None:
+            on_image(pair, hr, lr, sr)
     return result
 
 
