@@ -169,7 +169,7 @@ class SlowModel(nn.Module):
 def test_work_runs_off_the_event_loop():
     import uvicorn
 
-    model = SlowModel(1.5)
+    model = SlowModel(2.0)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(models=lambda scale: model), host="127.0.0.1",
                                            port=port, log_level="warning"))
@@ -195,7 +195,7 @@ def test_work_runs_off_the_event_loop():
         start = time.monotonic()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=10) as resp:
             assert resp.status == 200
-        assert time.monotonic() - start < 1.0  # answered while the upscale is still running
+        assert time.monotonic() - start < 1.5  # answered while the upscale is still running
         assert worker.is_alive()
         worker.join(30)
         assert result["size"] == (32, 32)
