@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .infer import run_model
 from .io import IMAGE_SUFFIXES, ImageError, list_images, read_image, to_tensor, to_uint8, write_png
 from .metrics import psnr, ssim
 from .resize import imresize
 
-TILE_OVERLAP = 16  # LR pixels of context on each side of a tile; cropped from the output
 Forward = Callable[[Tensor], Tensor]
 
 
@@ -62,33 +62,6 @@ def flip_rotate_mean(forward: Forward, x: Tensor) -> Tensor:
     return sum(_variant(forward, x, flip, k) for flip in (False, True) for k in range(4)) / 8
 
 
-def _spans(length: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """Per tile along one axis: the core it owns (start, end) and the input read (start, end)."""
-    return [
-        (start, min(start + tile, length), max(start - overlap, 0), min(start + tile + overlap, length))
-        for start in range(0, length, tile)
-    ]
-
-
-def tiled(forward: Forward, x: Tensor, tile: int, scale: int, overlap: int = TILE_OVERLAP) -> Tensor:
-    """Run ``forward`` on tiles of ``tile`` LR pixels plus ``overlap`` of context, keep the cores.
-
-    Exact for purely convolutional models whose receptive field fits in the overlap; approximate
-    for RepRFN/RFDN, whose ESA pools over the whole (tile) input, so its statistics change.
-    """
-    h, w = x.shape[-2:]
-    if tile >= h and tile >= w:
-        return forward(x)
-    out = x.new_zeros(*x.shape[:-2], h * scale, w * scale)
-    for y0, y1, ya, yb in _spans(h, tile, overlap):
-        for x0, x1, xa, xb in _spans(w, tile, overlap):
-            part = forward(x[..., ya:yb, xa:xb])
-            out[..., y0 * scale:y1 * scale, x0 * scale:x1 * scale] = part[
-                ..., (y0 - ya) * scale:(y1 - ya) * scale, (x0 - xa) * scale:(x1 - xa) * scale
-            ]
-    return out
-
-
 def _device(model: nn.Module) -> torch.device:
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
@@ -99,7 +72,8 @@ def super_resolve(model: nn.Module, lr: np.ndarray, *, self_ensemble: bool = Fal
     """SR of a uint8 image (HxWx3 or HxW), rounded to 8 bits, as the benchmarks measure it.
 
     A greyscale image given to an RGB model is replicated to three channels and the output's
-    channels are averaged back to one. ``tile``: see ``tiled`` (approximate for ESA models).
+    channels are averaged back to one. ``tile``: LR pixels per tile, through ``infer.run_model``
+    (seamless: equal to the whole image to float noise for RepRFN and RFDN).
     """
     if tile is not None and tile < 1:
         raise ValueError(f"tile must be a positive number of pixels, got {tile}")
@@ -111,7 +85,7 @@ def super_resolve(model: nn.Module, lr: np.ndarray, *, self_ensemble: bool = Fal
         raise ValueError(f"a {x.shape[1]}-channel image for a model of {channels} input channels")
 
     def forward(t: Tensor) -> Tensor:
-        return tiled(model, t, tile, model.scale) if tile else model(t)
+        return run_model(model, t, tile=tile or 0, device=x.device)
 
     with torch.inference_mode():
         y = flip_rotate_mean(forward, x) if self_ensemble else forward(x)
