@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from .io import IMAGE_SUFFIXES, Picture, load_picture, save_picture
 from .resize import imresize
 
 ModelLike = Union[None, str, os.PathLike, nn.Module]
+Backend = Literal["auto", "torch", "onnxruntime"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -41,6 +42,28 @@ def resolve_model(model: ModelLike, scale: int | None, device: torch.device) -> 
     if scale is not None and getattr(model, "scale", scale) != scale:
         raise ValueError(f"the model upscales x{model.scale}, but x{scale} was asked for")
     return model
+
+
+def prepare_model(model: Any, device: torch.device, precision: Precision = "fp32",
+                  backend: Backend = "auto") -> Any:
+    """How a loaded model is run. "auto": the fastest path with equal outputs; on the CPU in fp32
+    ``reprfn.fast.accelerate``: ONNX Runtime for whole images when it is installed, fused
+    channels-last PyTorch kernels for tiles (exact) and otherwise, the model itself where neither
+    applies. "torch": the model as it is. "onnxruntime": an ONNX Runtime session for everything
+    (its tiles are approximate, see docs/inference.md)."""
+    if backend == "auto":
+        from .fast import accelerate
+
+        return accelerate(model, device, precision)
+    if backend == "torch":
+        return model
+    if backend == "onnxruntime":
+        from .export import onnx_model_for
+
+        if device.type != "cpu":
+            raise ValueError("the onnxruntime backend runs on the CPU: use device='cpu'")
+        return onnx_model_for(model)
+    raise ValueError(f"unknown backend {backend!r}; use 'auto', 'torch' or 'onnxruntime'")
 
 
 def _max_value(dtype: np.dtype) -> float:
@@ -92,15 +115,18 @@ def upscale_picture(model: nn.Module, pic: Picture, **kw: Any) -> Picture:
 
 
 def upscale(image: Any, scale: int | None = 4, model: ModelLike = None, tile: int | str = "auto",
-            device: str | torch.device = "auto", precision: Precision = "fp32", pad: int = DEFAULT_PAD) -> Any:
+            device: str | torch.device = "auto", precision: Precision = "fp32", pad: int = DEFAULT_PAD,
+            backend: Backend = "auto") -> Any:
     """Upscale a PIL image, a numpy array (HxW, HxWx1, HxWx3, HxWx4; uint8 or uint16) or a float
     tensor ((C, H, W) or (N, C, H, W) in [0, 1]) and return the same kind.
 
     ``model``: None for the bundled model of ``scale``, a checkpoint path, or a loaded model.
     ``tile``: "auto" (from free memory), 0 (whole image) or a tile size in LR pixels.
+    ``backend``: "auto" (the fastest equal-output path: ``reprfn.fast.accelerate`` on the CPU), "torch"
+    (the model as it is, eager PyTorch) or "onnxruntime" (CPU; tiles approximate).
     """
     dev = resolve_device(device)
-    net = resolve_model(model, scale, dev)
+    net = prepare_model(resolve_model(model, scale, dev), dev, precision, backend)
     kw = {"tile": tile, "pad": pad, "device": dev, "precision": precision}
     if isinstance(image, torch.Tensor):
         return _upscale_tensor(net, image, **kw)

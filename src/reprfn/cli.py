@@ -176,6 +176,10 @@ def _upscale_model(args: argparse.Namespace, device: torch.device):
         if device.type != "cpu":
             raise UsageError("--backend onnxruntime runs on the CPU: use --device cpu")
         return onnx_model_for(model)
+    if args.backend == "auto":
+        from .fast import accelerate
+
+        return accelerate(model, device, args.precision)
     return model
 
 
@@ -234,6 +238,38 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError(f"{out}: name the output .onnx (ONNX) or .pt / .ts (TorchScript)")
     report = export_onnx(model, out, opset=args.opset, fp16=args.fp16)
     print(report.summary())
+    return 0
+
+
+def _profile_target(args: argparse.Namespace):
+    """The model ``reprfn profile`` measures: a registered name (random weights) or a checkpoint."""
+    from .models import set_mode
+
+    if not Path(args.model).exists() and args.model in names():
+        model = build(args.model, scale=args.scale or 4, form="deploy" if args.form == "fused" else "train")
+    else:
+        model = load_model(args.model, arch=args.arch, scale=args.scale, data_range=args.data_range)
+    has_rep = getattr(model, "arch", "") == "reprfn"
+    if args.form == "fused":
+        return model if model.form == "deploy" or not has_rep else model.fuse()
+    if has_rep and model.form == "deploy":
+        raise UsageError(f"{args.model}: a deploy-form checkpoint has no training form (its branches are fused)")
+    return set_mode(model, args.mode).eval()
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .profile import format_report, parse_input, profile_model, to_json
+
+    device = _device(args.device)
+    shape = parse_input(args.input)
+    model = _profile_target(args)
+    report = profile_model(model, shape, device=device, memory=not args.no_memory, timing=args.runtime,
+                           runs=args.runs, warmup=args.warmup)
+    report["source"] = args.model
+    print(format_report(report))
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(to_json(report) + "\n")
     return 0
 
 
@@ -312,7 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile-pad", type=int, default=48, metavar="P", help="context pixels around each tile (default 48)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="auto: the fastest path with equal outputs (CPU: ONNX Runtime for whole images when "
+                        "installed, fused channels-last PyTorch kernels for tiles); "
+                        "torch: the model in plain eager PyTorch; onnxruntime: ONNX Runtime on the CPU")
     p.add_argument("--suffix", default="", help="added to output file names, e.g. _x4")
     p.add_argument("--ext", choices=("auto", "png", "jpg", "webp"), default="auto", help="output format (auto: as the input)")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
@@ -337,6 +376,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="auto|PATH", help="continue from RUN_DIR/last.ckpt (auto) or a checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("profile", help="params, MACs, activations, convs (NTIRE counter), peak memory, runtime")
+    p.add_argument("model", metavar="MODEL_NAME|WEIGHTS", help=f"an architecture ({', '.join(names())}) or a checkpoint")
+    p.add_argument("--input", default="3x180x320", metavar="CxHxW", help="LR input size (default 3x180x320: 720p out at x4)")
+    p.add_argument("--form", choices=("fused", "train"), default="fused", help="fused (deploy, default) or training form")
+    p.add_argument("--mode", choices=("branches", "online"), default="branches",
+                   help="RepBlocks of the training form: nine branches (the paper's) or online fusion")
+    p.add_argument("--runtime", action="store_true", help="also time forwards (eager, and the default upscale path)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs for --runtime (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    _add_load_flags(p)
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("serve", help="a local web page (and HTTP API) that upscales images")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")

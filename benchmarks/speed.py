@@ -1,0 +1,348 @@
+"""CPU inference speed, side by side in ONE run on the same inputs: the authors' deploy structure
+in eager PyTorch (the baseline), each faster path, the training form, RFDN and IMDN; the
+machine's conv throughput; and the peak memory of a whole-image x4 forward at 3x540x960.
+
+    python benchmarks/speed.py                      # print everything
+    python benchmarks/speed.py --write-docs         # ... and regenerate docs/performance.md's
+                                                    #     inference section and docs/speed.png
+    python benchmarks/speed.py --compile            # also torch.compile (inductor; slow to build)
+
+Timing: every variant is run once per round, in turn, for ``--rounds`` rounds after one warm-up
+each, so that all of them see the same background load; the reported time is the median, the
+ratio is the median over rounds of (baseline time / variant time) in the same round. All runs use
+the same thread count (``torch.get_num_threads()``, printed) and the same input: the bundled
+photo resized to the size (natural content: random noise drives these nets out of range).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import reprfn
+from reprfn.checkpoint import bundled_weights
+from reprfn.export import sample_image
+from reprfn.fast import AutoCPU, FastRepRFN, accelerate, fused_ops_available, winograd_available
+from reprfn.io import read_image, to_tensor
+from reprfn.models import build, set_mode
+from reprfn.profile import count, peak_memory_mb
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFICIAL = ROOT.parent / "shared" / "weights" / "official" / "reprfn_ntire_x4.pth"
+OFFICIAL_RFDN = ROOT.parent / "shared" / "weights" / "official" / "rfdn_ntire_x4.pth"
+DOC = ROOT / "docs" / "performance.md"
+PLOT = ROOT / "docs" / "speed.png"
+BEGIN, END = "<!-- speed.py:begin -->", "<!-- speed.py:end -->"
+BASELINE = "authors' deploy structure, eager NCHW"
+
+
+def photo(h: int, w: int) -> torch.Tensor:
+    img = to_tensor(read_image(sample_image()))
+    return F.interpolate(img, size=(h, w), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1).contiguous()
+
+
+def conv_rate(h: int, w: int, rounds: int) -> dict[str, float]:
+    """GFLOP/s (2 x MACs per second) of a plain 48->48 3x3 conv at h x w, NCHW and channels-last."""
+    conv = torch.nn.Conv2d(48, 48, 3, padding=1).eval()
+    x = torch.rand(1, 48, h, w)
+    xs = {"nchw": x, "channels_last": x.contiguous(memory_format=torch.channels_last)}
+    flop = 2 * 48 * 48 * 9 * h * w
+    times: dict[str, list[float]] = {k: [] for k in xs}
+    with torch.inference_mode():
+        for k in xs:
+            conv(xs[k])
+        for _ in range(max(rounds, 5)):
+            for k, v in xs.items():
+                t = time.perf_counter()
+                conv(v)
+                times[k].append(time.perf_counter() - t)
+    return {k: flop / statistics.median(v) / 1e9 for k, v in times.items()}
+
+
+def onnx_runner(model: torch.nn.Module, threads: int, spinning: bool = False) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    try:
+        import onnxruntime as ort
+
+        from reprfn.export import export_onnx
+    except ImportError:
+        return None
+    tmp = tempfile.mkdtemp(prefix="reprfn-speed-")
+    path = Path(tmp) / "m.onnx"
+    export_onnx(model, path, check=False)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+
+def jit_frozen(model: torch.nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    with torch.no_grad():
+        traced = torch.jit.trace(copy.deepcopy(model).eval(), x, check_trace=False)
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+    return frozen
+
+
+def compiled(model: torch.nn.Module, x: torch.Tensor) -> tuple[Callable, float]:
+    import torch._inductor.config as cfg
+
+    cfg.freezing = True
+    fn = torch.compile(copy.deepcopy(model).eval(), backend="inductor")
+    t = time.perf_counter()
+    with torch.inference_mode():
+        fn(x)
+    return fn, time.perf_counter() - t
+
+
+def variants(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> dict[str, tuple[Callable, str]]:
+    """name -> (callable, kind); kind "same" = same function as the baseline (diffs reported)."""
+    threads = torch.get_num_threads()
+    cl = torch.channels_last
+    out: dict[str, tuple[Callable, str]] = {
+        BASELINE: (model, "same"),
+        "channels-last eager": (lambda t: model(t.contiguous(memory_format=cl)).contiguous(), "same"),
+    }
+    if fused_ops_available():
+        out["PyTorch fast path: fused oneDNN post-ops, channels-last"] = (FastRepRFN(model), "same")
+        out["... with ESA's 1x1 convs folded"] = (FastRepRFN(model, esa="folded"), "same")
+    if winograd_available():
+        out["Winograd F(6x6,3x3) (NNPACK), NCHW"] = (FastRepRFN(model, winograd=True), "same")
+    default = accelerate(model)
+    if isinstance(default, AutoCPU):
+        default.session()  # export (or read the cached export) before timing
+        out["**default**: ONNX Runtime, all graph optimizations"] = (default, "same")
+        ort_fn = onnx_runner(model, threads, spinning=True)
+        out["ONNX Runtime, idle threads spinning (its default)"] = (ort_fn, "same")
+    try:
+        out["TorchScript freeze + optimize_for_inference"] = (jit_frozen(model, x), "same")
+    except Exception as exc:  # noqa: BLE001 - report and go on
+        print(f"  (TorchScript freeze failed: {type(exc).__name__}: {str(exc)[:100]})")
+    if args.compile:
+        fn, secs = compiled(model, x)
+        out[f"torch.compile inductor + freezing (built in {secs:.0f} s)"] = (fn, "same")
+    train = args.train_model
+    out["train form, online fusion"] = (set_mode(copy.deepcopy(train), "online"), "other")
+    out["train form, nine branches"] = (set_mode(copy.deepcopy(train), "branches"), "other")
+    out["RFDN (NTIRE baseline), eager"] = (args.rfdn, "other")
+    out["IMDN, eager"] = (args.imdn, "other")
+    skip = [k for k in out if k != BASELINE and any(s and s.lower() in k.lower() for s in args.skip.split(","))]
+    for k in skip:
+        del out[k]
+    return out
+
+
+def time_all(fns: dict[str, tuple[Callable, str]], x: torch.Tensor, rounds: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    with torch.inference_mode():
+        for fn, _ in fns.values():  # warm-up (oneDNN primitive creation, NNPACK pool, ORT arena)
+            fn(x)
+        for _ in range(rounds):
+            for name, (fn, _) in fns.items():
+                t = time.perf_counter()
+                fn(x)
+                times[name].append(time.perf_counter() - t)
+    return times
+
+
+def run_size(model, h: int, w: int, args) -> dict:
+    x = photo(h, w)
+    fns = variants(model, x, args)
+    with torch.inference_mode():
+        ref = model(x)
+        diffs = {}
+        for name, (fn, kind) in fns.items():
+            if kind == "same":
+                y = fn(x)
+                diffs[name] = ((y - ref).abs().max().item(),
+                               (y.clamp(0, 1).mul(255).round() - ref.clamp(0, 1).mul(255).round()).abs().max().item())
+    rates = conv_rate(h, w, args.rounds)
+    times = time_all(fns, x, args.rounds)
+    base = times[BASELINE]
+    macs = {"reprfn": count(model, (3, h, w)).conv_macs, "rfdn": count(args.rfdn, (3, h, w)).conv_macs,
+            "imdn": count(args.imdn, (3, h, w)).conv_macs,
+            "branches": count(set_mode(copy.deepcopy(args.train_model), "branches"), (3, h, w)).conv_macs}
+    rows = []
+    for name, ts in times.items():
+        key = ("rfdn" if name.startswith("RFDN") else "imdn" if name.startswith("IMDN")
+               else "branches" if "nine branches" in name else "reprfn")
+        ms = statistics.median(ts) * 1000
+        ratio = statistics.median(b / t for b, t in zip(base, ts))
+        gflops = 2 * macs[key] / (ms / 1000) / 1e9
+        rows.append({"variant": name, "ms": ms, "min_ms": min(ts) * 1000, "speedup": ratio,
+                     "gflops": gflops, "of_conv_nchw": gflops / rates["nchw"],
+                     "of_conv_cl": gflops / rates["channels_last"],
+                     "max_abs_diff": diffs.get(name, (None, None))[0], "max_levels": diffs.get(name, (None, None))[1]})
+    return {"size": f"3x{h}x{w}", "conv_gflops": rates, "rows": rows, "rounds": args.rounds}
+
+
+def memory(args) -> list[dict]:
+    """Peak memory of one whole-image x4 forward (fresh process each), fused RepRFN vs RFDN."""
+    shape = (3, *args.memory_size)
+    out = []
+    for name, model, fast in (("RepRFN fused, eager PyTorch", args.model, False),
+                              ("RepRFN fused, default path (reprfn upscale)", args.model, True),
+                              ("RFDN, eager PyTorch", args.rfdn, False)):
+        r = peak_memory_mb(model, shape, fast=fast, detail=True)
+        out.append({"model": name, **r})
+        print(f"  {name:<34} {r['peak_memory_mb']:8.0f} MB  (process before: {r['process_before_mb']:.0f} MB, "
+              f"output {r['output_mb']:.0f} MB)")
+    return out
+
+
+def table(res: dict) -> str:
+    lines = [f"| variant | ms | speed-up vs baseline | GFLOP/s | of NCHW conv | of channels-last conv | max abs diff | 8-bit levels |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        diff = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "(other model)"
+        lev = f"{r['max_levels']:.0f}" if r["max_levels"] is not None else ""
+        lines.append(f"| {r['variant']} | {r['ms']:.0f} | {r['speedup']:.2f}x | {r['gflops']:.0f} | "
+                     f"{r['of_conv_nchw']:.0%} | {r['of_conv_cl']:.0%} | {diff} | {lev} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """A horizontal bar chart of speed-ups (Pillow only, no plotting library needed)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rows = [r for r in results[0]["rows"]]
+    names = [r["variant"].replace("**", "") for r in rows]
+    try:
+        font = ImageFont.load_default(size=15)
+        small = ImageFont.load_default(size=13)
+    except TypeError:  # Pillow < 10.1: bitmap font only
+        font = small = ImageFont.load_default()
+    left, bar_h, gap, top = 380, 14, 10, 60
+    width = 1000
+    height = top + len(rows) * (2 * bar_h + gap) + 50
+    img = Image.new("RGB", (width, height), "white")
+    d = ImageDraw.Draw(img)
+    d.text((10, 10), f"RepRFN x4 on the CPU ({torch.get_num_threads()} threads): speed-up over the authors' "
+                     f"deploy structure in eager PyTorch (higher is better)", fill="black", font=font)
+    colours = ("#1f77b4", "#ff7f0e")
+    d.rectangle((left, 34, left + 12, 46), fill=colours[0])
+    d.text((left + 18, 32), results[0]["size"], fill="black", font=small)
+    if len(results) > 1:
+        d.rectangle((left + 130, 34, left + 142, 46), fill=colours[1])
+        d.text((left + 148, 32), results[1]["size"], fill="black", font=small)
+    vmax = max(r["speedup"] for res in results for r in res["rows"]) * 1.1
+    scale = (width - left - 80) / vmax
+    x1 = left + scale * 1.0
+    for i, name in enumerate(names):
+        y = top + i * (2 * bar_h + gap)
+        d.text((10, y + 6), name[:48], fill="black", font=small)
+        for j, res in enumerate(results[:2]):
+            s = res["rows"][i]["speedup"]
+            d.rectangle((left, y + j * bar_h, left + s * scale, y + (j + 1) * bar_h - 2), fill=colours[j])
+            d.text((left + s * scale + 4, y + j * bar_h), f"{s:.2f}x", fill="black", font=small)
+    d.line((x1, top - 6, x1, height - 40), fill="#444444", width=1)
+    d.text((x1 - 10, height - 36), "1.0x", fill="black", font=small)
+    img.save(path)
+
+
+def complexity_table() -> str:
+    """The counter's figures for every registered model (x4, random weights: counts need no values)."""
+    from reprfn.models import names
+
+    lines = ["| model | form | params | MACs 3x180x320 | activations | convs | MACs 3x256x256 | activations "
+             "| not counted (3x180x320) |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in names():
+        forms = [("fused", build(name, form="deploy")) if name == "reprfn" else ("(one form)", build(name))]
+        if name == "reprfn":
+            forms.append(("train (nine branches)", set_mode(build(name), "branches")))
+        for form, model in forms:
+            a, b = count(model, (3, 180, 320)), count(model, (3, 256, 256))
+            lines.append(f"| {name} | {form} | {a.params:,} | {a.macs / 1e9:.2f} G | {a.activations / 1e6:.2f} M | "
+                         f"{a.convs} | {b.macs / 1e9:.2f} G | {b.activations / 1e6:.2f} M | "
+                         f"{a.uncounted_ops / 1e6:.0f} M ops |")
+    return "\n".join(lines)
+
+
+def write_docs(results: list[dict], mem: list[dict], args) -> None:
+    threads = torch.get_num_threads()
+    parts = [BEGIN, "", "Complexity (`reprfn profile`, the NTIRE counter's conventions; x4):", "",
+             complexity_table(), "",
+             f"`python benchmarks/speed.py --write-docs` — one run, {args.rounds} interleaved rounds, "
+             f"{threads} threads, weights: {args.weights_name}. Speed-up = median over rounds of "
+             "baseline time / variant time in the same round. GFLOP/s = 2 x the counter's conv MACs "
+             "per second; the plain 48-channel 3x3 conv at the same size is the machine's reference.", ""]
+    for res in results:
+        rates = res["conv_gflops"]
+        parts += [f"**{res['size']}** (plain 3x3 conv, 48 channels: {rates['nchw']:.0f} GFLOP/s NCHW, "
+                  f"{rates['channels_last']:.0f} GFLOP/s channels-last)", "", table(res), ""]
+    parts += [f"![speed-ups]({PLOT.name})", "",
+              f"Peak memory of one whole-image x4 forward at 3x{args.memory_size[0]}x{args.memory_size[1]} "
+              "(growth of a fresh process's resident set during the forward, CPU, fp32):", "",
+              "| model | peak (MB) | process before (MB) | output (MB) |", "|---|---|---|---|"]
+    for m in mem:
+        parts.append(f"| {m['model']} | {m['peak_memory_mb']:.0f} | {m['process_before_mb']:.0f} | {m['output_mb']:.0f} |")
+    parts += ["", END]
+    text = DOC.read_text()
+    block = "\n".join(parts)
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    DOC.write_text(text)
+    plot(results, PLOT)
+    (ROOT / "docs" / "speed.json").write_text(json.dumps({"threads": threads, "results": results, "memory": mem},
+                                                         indent=1) + "\n")
+    print(f"wrote {DOC}, {PLOT} and docs/speed.json")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="180x320,256x256", help="LR sizes HxW, comma-separated")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile (inductor); slow to build")
+    ap.add_argument("--memory-size", default="540x960", help="HxW of the peak-memory forward ('0' skips it)")
+    ap.add_argument("--skip", default="", help="comma-separated substrings of variant names to leave out")
+    ap.add_argument("--write-docs", action="store_true", help="regenerate docs/performance.md's section and plot")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    weights = OFFICIAL if OFFICIAL.is_file() else bundled_weights(4)
+    args.weights_name = "the authors' released x4 (deploy)" if weights == OFFICIAL else "the bundled x4 (same structure)"
+    args.model = reprfn.load_model(weights).eval()
+    # the training form: random branch weights (its cost does not depend on the values)
+    args.train_model = build("reprfn", scale=4).eval()
+    args.rfdn = (reprfn.load_model(OFFICIAL_RFDN) if OFFICIAL_RFDN.is_file() else build("rfdn")).eval()
+    args.imdn = build("imdn").eval()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, weights: {args.weights_name}; "
+          f"fused oneDNN ops: {fused_ops_available()}, NNPACK: {winograd_available()}")
+    results = []
+    for size in args.sizes.split(","):
+        h, w = map(int, size.split("x"))
+        res = run_size(args.model, h, w, args)
+        results.append(res)
+        rates = res["conv_gflops"]
+        print(f"\n3x{h}x{w}: plain 48-ch 3x3 conv {rates['nchw']:.0f} GFLOP/s NCHW, "
+              f"{rates['channels_last']:.0f} GFLOP/s channels-last")
+        print(f"  {'variant':<52} {'ms':>7} {'speed-up':>8} {'GFLOP/s':>7} {'of conv':>7} {'max|diff|':>9}")
+        for r in res["rows"]:
+            diff = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "-"
+            print(f"  {r['variant'].replace('**', ''):<52} {r['ms']:7.0f} {r['speedup']:7.2f}x {r['gflops']:7.0f} "
+                  f"{r['of_conv_nchw']:7.0%} {diff:>9}")
+    mem: list[dict] = []
+    if args.memory_size != "0":
+        args.memory_size = tuple(map(int, args.memory_size.split("x")))
+        print(f"\npeak memory of one x4 forward at 3x{args.memory_size[0]}x{args.memory_size[1]} (fresh process each):")
+        mem = memory(args)
+    if args.write_docs:
+        write_docs(results, mem, args)
+
+
+if __name__ == "__main__":
+    main()

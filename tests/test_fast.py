@@ -1,0 +1,171 @@
+"""The fast CPU path (reprfn.fast): equal outputs to the fused model, whole images and tiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import reprfn
+import reprfn.fast as fast
+from reprfn.api import prepare_model
+from reprfn.checkpoint import bundled_weights
+from reprfn.export import image_batch
+from reprfn.fast import ChannelsLast, FastRepRFN, accelerate
+from reprfn.infer import run_model
+from reprfn.models import build
+from tests.helpers import randomize, shared_path
+
+TOL = 1e-4  # the issue's "equal outputs": max |diff| in float
+
+
+@pytest.fixture(scope="module")
+def model():
+    return reprfn.load_model(bundled_weights(4))
+
+
+def _diff(a, b):
+    return (a - b).abs().max().item()
+
+
+def _levels(a, b):
+    return (a.mul(255).round() - b.mul(255).round()).abs().max().item()
+
+
+@pytest.mark.parametrize("kw", [{}, {"esa": "folded"}, {"winograd": True}])
+def test_fast_paths_equal_the_fused_model(model, kw):
+    x = image_batch(2, 61, 97)
+    with torch.inference_mode():
+        assert _diff(FastRepRFN(model, **kw)(x), model(x)) <= TOL
+
+
+def test_the_default_path_is_fused_channels_last(model):
+    net = accelerate(model)
+    assert isinstance(net, FastRepRFN) and net.scale == 4 and net.in_channels == 3 and net.arch == "reprfn"
+    if fast.fused_ops_available():
+        assert "fused oneDNN" in net.path()
+    assert accelerate(net) is net
+    assert next(net.parameters()) is next(model.parameters())  # weights shared, not copied
+
+
+def test_tiles_stay_exact_on_the_fast_path(model):
+    x = image_batch(1, 150, 200)
+    net = accelerate(model)
+    whole = run_model(model, x)
+    tiled = run_model(net, x, tile=48)
+    assert _diff(tiled, run_model(model, x, tile=48)) <= TOL
+    assert _diff(tiled, whole) <= 1e-4 and _levels(tiled, whole) <= 1
+
+
+def test_fallback_without_fused_ops(model, monkeypatch):
+    x = image_batch(1, 40, 44)
+    net = FastRepRFN(model)
+    net.fused_ops = False
+    assert "eager" in net.path()
+    with torch.inference_mode():
+        assert _diff(net(x), model(x)) <= TOL
+
+
+def test_availability_checks_survive_a_missing_op(monkeypatch):
+    monkeypatch.setattr(fast, "_pointwise_op", lambda: None)
+    fast.fused_ops_available.cache_clear()
+    try:
+        assert fast.fused_ops_available() is False
+    finally:
+        monkeypatch.undo()
+        fast.fused_ops_available.cache_clear()
+
+
+def test_train_form_and_other_archs():
+    x = image_batch(1, 33, 29)
+    train = randomize(build("reprfn", scale=2), gain=0.3)
+    net = accelerate(train)
+    assert isinstance(net, FastRepRFN) and net.form == "deploy"
+    with torch.inference_mode():
+        assert _diff(net(x), train(x)) <= TOL
+        for name in ("rfdn", "imdn", "rfn-rfb3"):
+            other = build(name, scale=3)
+            wrapped = accelerate(other)
+            assert isinstance(wrapped, ChannelsLast) and wrapped.scale == 3
+            assert _diff(wrapped(x), other(x)) <= TOL
+
+
+def test_not_accelerated_off_cpu_fp32(model):
+    assert accelerate(model, "cpu", "bf16") is model
+    assert accelerate(model, "cuda") is model
+    with pytest.raises(ValueError):
+        FastRepRFN(build("rfdn"))
+
+
+def test_grad_and_autocast_run_the_plain_model(model):
+    net = accelerate(model)
+    x = image_batch(1, 24, 24).requires_grad_(True)
+    y = net(x)
+    y.mean().backward()
+    assert x.grad is not None
+
+
+def test_upscale_default_backend_equals_torch_backend(model):
+    img = (image_batch(1, 45, 60)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    auto = reprfn.upscale(img, model=model, device="cpu")
+    plain = reprfn.upscale(img, model=model, device="cpu", backend="torch")
+    assert np.abs(auto.astype(int) - plain.astype(int)).max() <= 1
+    assert isinstance(prepare_model(model, torch.device("cpu")), FastRepRFN)
+    assert prepare_model(model, torch.device("cpu"), backend="torch") is model
+    with pytest.raises(ValueError):
+        prepare_model(model, torch.device("cpu"), backend="nope")
+
+
+def test_authors_checkpoint_on_the_fast_path():
+    model = reprfn.load_model(shared_path("weights", "official", "reprfn_ntire_x4.pth"))
+    x = image_batch(1, 90, 160)
+    with torch.inference_mode():
+        ref = model(x)
+        for kw in ({}, {"winograd": True}):
+            got = FastRepRFN(model, **kw)(x)
+            assert _diff(got, ref) <= TOL and _levels(got.clamp(0, 1), ref.clamp(0, 1)) <= 1
+
+
+needs_ort = pytest.mark.skipif(not fast.onnxruntime_available(), reason="onnx / onnxruntime not installed")
+
+
+@needs_ort
+def test_auto_path_uses_onnxruntime_for_whole_images_and_torch_for_tiles(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRFN_CACHE", str(tmp_path))
+    net = accelerate(model, onnx=True)
+    assert isinstance(net, fast.AutoCPU) and net.scale == 4 and net.arch == "reprfn"
+    x = image_batch(1, 90, 120)
+    whole = run_model(net, x)
+    assert net.onnx_error is None and net._session is not None
+    assert "ONNX Runtime" in net.path() and list(tmp_path.glob("onnx/reprfn_x4_*.onnx"))
+    ref = run_model(model, x)
+    assert _diff(whole, ref) <= TOL and _levels(whole, ref) <= 1
+    tiled = run_model(net, x, tile=48)  # windows set: PyTorch path, exact
+    assert _diff(tiled, run_model(model, x, tile=48)) <= TOL and _levels(tiled, ref) <= 1
+    # a second wrapper reuses the cached file
+    again = accelerate(model, onnx=True)
+    with torch.inference_mode():
+        assert _diff(again(x), model(x)) <= TOL
+
+
+@needs_ort
+def test_auto_path_falls_back_when_export_fails(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRFN_CACHE", str(tmp_path))
+
+    def broken(*a, **k):
+        raise RuntimeError("exporter unavailable")
+
+    monkeypatch.setattr(fast, "open_onnx_session", broken)
+    net = accelerate(model, onnx=True)
+    x = image_batch(1, 40, 40)
+    with torch.inference_mode():
+        assert _diff(net(x), model(x)) <= TOL
+    assert net.onnx_error == "exporter unavailable" and "failed" in net.path()
+
+
+def test_onnx_can_be_switched_off(model, monkeypatch):
+    monkeypatch.setenv("REPRFN_ONNX", "0")
+    assert isinstance(accelerate(model), FastRepRFN)
+    monkeypatch.setattr(fast, "onnxruntime_available", lambda: False)
+    monkeypatch.setenv("REPRFN_ONNX", "1")
+    assert isinstance(accelerate(model), FastRepRFN)
