@@ -222,7 +222,7 @@ def plot(results: list[dict], path: Path) -> None:
         small = ImageFont.load_default(size=13)
     except TypeError:  # Pillow < 10.1: bitmap font only
         font = small = ImageFont.load_default()
-    left, bar_h, gap, top = 380, 14, 10, 60
+    left, bar_h, gap, top = 440, 14, 10, 60
     width = 1000
     height = top + len(rows) * (2 * bar_h + gap) + 50
     img = Image.new("RGB", (width, height), "white")
@@ -240,7 +240,7 @@ def plot(results: list[dict], path: Path) -> None:
     x1 = left + scale * 1.0
     for i, name in enumerate(names):
         y = top + i * (2 * bar_h + gap)
-        d.text((10, y + 6), name[:48], fill="black", font=small)
+        d.text((10, y + 6), name[:60], fill="black", font=small)
         for j, res in enumerate(results[:2]):
             s = res["rows"][i]["speedup"]
             d.rectangle((left, y + j * bar_h, left + s * scale, y + (j + 1) * bar_h - 2), fill=colours[j])

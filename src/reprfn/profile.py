@@ -234,7 +234,7 @@ def peak_memory_mb(model: nn.Module, input_shape: str | tuple[int, ...] = (3, 18
             break
     with tempfile.TemporaryDirectory(prefix="reprfn-profile-") as tmp:
         path = Path(tmp) / "model.safetensors"
-        save_model(model.float().cpu(), path)
+        save_model(copy.deepcopy(model).float().cpu(), path)  # the caller's model stays as it is
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
                                                                        os.environ.get("PYTHONPATH")]))}
         cmd = [sys.executable, "-c", _CHILD, str(path), mode, "1" if fast else "0",
