@@ -1,9 +1,9 @@
-"""Regenerate the screenshots of the README and the docs (not a test; needs chromium and ../shared).
+"""Regenerate the screenshots of the README and the docs (not a test; needs chromium).
 
     .venv/bin/python -m tests.screenshots
 
-docs/report.png: ``reprfn eval --report`` on Set5 x4 with bicubic, the bundled model, the authors'
-RepRFN and the NTIRE RFDN checkpoints. docs/serve.png: ``reprfn serve`` after a x4 upscale of
+docs/report.png: ``reprfn eval --report`` on the bundled sample photo (public domain) at x4 with
+bicubic and the bundled model: nothing from third-party data or weights ends up in the docs. docs/serve.png: ``reprfn serve`` after a x4 upscale of
 the bundled sample photo. Screenshots are reduced to 256 colours to stay small.
 """
 
@@ -23,7 +23,6 @@ from PIL import Image
 from reprfn.checkpoint import bundled_weights
 from reprfn.cli import main
 from tests.browser import Chromium
-from tests.helpers import SHARED
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -38,12 +37,11 @@ def _save(pixels, path: Path, width: int | None = None) -> None:
 
 
 def report_shot(tmp: Path) -> None:
-    # relative paths, as a person would type them in the repository
-    bench = Path(os.path.relpath(SHARED / "data" / "benchmark"))
-    official = Path(os.path.relpath(SHARED / "weights" / "official"))
+    sample = tmp / "sample"
+    sample.mkdir()
+    (sample / "astronaut.png").write_bytes((ROOT / "src" / "reprfn" / "assets" / "astronaut.png").read_bytes())
     html = tmp / "report.html"
-    main(["eval", "-w", "bicubic", "-w", os.path.relpath(bundled_weights(4)), "-w", str(official / "reprfn_ntire_x4.pth"),
-          "-w", str(official / "rfdn_ntire_x4.pth"), "-d", str(bench / "Set5" / "x4"), "-s", "4",
+    main(["eval", "-w", "bicubic", "-w", os.path.relpath(bundled_weights(4)), "-d", str(sample), "-s", "4",
           "--device", "cpu", "--report", str(html)])
     browser = Chromium(tmp / "profile-report", 1240, 1500)
     try:
