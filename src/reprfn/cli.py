@@ -167,20 +167,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _upscale_model(args: argparse.Namespace, device: torch.device):
-    from .api import resolve_model
+    from .api import prepare_model, resolve_model
 
-    model = resolve_model(args.weights, args.scale, device)
-    if args.backend == "onnxruntime":
-        from .export import onnx_model_for
-
-        if device.type != "cpu":
-            raise UsageError("--backend onnxruntime runs on the CPU: use --device cpu")
-        return onnx_model_for(model)
-    if args.backend == "auto":
-        from .fast import accelerate
-
-        return accelerate(model, device, args.precision)
-    return model
+    return prepare_model(resolve_model(args.weights, args.scale, device), device, args.precision, args.backend)
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
