@@ -15,8 +15,9 @@ from torch import nn
 from reprfn import build, load_model, save_model
 from reprfn.checkpoint import bundled_weights
 from reprfn.cli import main
+from reprfn.profile import count
 from reprfn.report import (
-    Column, Sample, choose_crops, column_labels, count_macs, count_macs_real, deploy_form, difference_map,
+    Column, Sample, choose_crops, column_labels, deploy_form, difference_map,
     display_names, region_around, svg_plot,
 )
 from tests.browser import Chromium, not_blank
@@ -105,12 +106,7 @@ def test_mac_counter_follows_the_conv_formula():
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1, groups=2),
                         nn.Conv2d(8, 12, 1), nn.Conv2d(12, 4, 3, stride=2, padding=1))
     expected = 10 * 12 * (8 * 3 * 9 + 8 * 4 * 9 + 12 * 8) + 5 * 6 * 4 * 12 * 9
-    assert count_macs(net, (10, 12)) == expected == count_macs_real(net, (10, 12))
-
-
-def test_macs_on_meta_equal_a_real_forward():
-    model = randomize(build("reprfn", scale=SCALE, channels=8, blocks=2, esa_channels=4))
-    assert count_macs(model, (30, 36)) == count_macs_real(model, (30, 36)) > 0
+    assert count(net, (3, 10, 12)).macs == expected
 
 
 def test_costs_are_counted_on_the_deploy_form():
@@ -118,10 +114,10 @@ def test_costs_are_counted_on_the_deploy_form():
     fused = deploy_form(model)
     bundled = load_model(bundled_weights(4))
     assert fused.form == "deploy" and sum(p.numel() for p in fused.parameters()) == 401_504
-    assert count_macs(fused, (180, 320)) == count_macs(bundled, (180, 320))
+    assert count(fused, (3, 180, 320)).macs == count(bundled, (3, 180, 320)).macs > 0
 
 
-def test_columns_count_with_the_profile_module_or_the_own_counter(monkeypatch):
+def test_columns_count_with_the_profile_module():
     import reprfn.report as report
     from reprfn.evaluate import Bicubic
 
@@ -131,13 +127,8 @@ def test_columns_count_with_the_profile_module_or_the_own_counter(monkeypatch):
     assert cols[0].params is None and cols[0].macs is None and cols[0].cpu_ms > 0
     fused = deploy_form(model)  # costs are those of the deploy form
     assert cols[1].params == sum(p.numel() for p in fused.parameters()) and cols[1].cpu_ms > 0
-    own = count_macs(fused, (720 // SCALE, 1280 // SCALE))
-    if report.official_macs(fused, (360, 640)) is None:
-        assert cols[1].macs == own and cols[1].mac_counter == report.MAC_COUNTERS["hooks"]
-    else:  # reprfn.profile also counts the LeakyReLU outputs
-        assert cols[1].macs > own and cols[1].mac_counter == report.MAC_COUNTERS["profile"]
-    monkeypatch.setattr(report, "official_macs", lambda *a: None)
-    assert report.describe_columns(models[1:], SCALE, repeats=1)[0].macs == own
+    assert cols[1].macs == count(fused, (3, 720 // SCALE, 1280 // SCALE)).macs
+    assert cols[1].mac_counter == report.MAC_COUNTER
 
 
 def test_labels_and_names():

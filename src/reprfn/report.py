@@ -41,6 +41,7 @@ from torch import nn
 
 from .evaluate import DatasetResult, Pair
 from .metrics import psnr, rgb_to_y
+from .profile import count
 from .resize import imresize
 
 CROP_HR = 48  # crop side in HR pixels (a multiple of 2, 3 and 4)
@@ -132,54 +133,10 @@ def column_labels(weights: Sequence[str]) -> list[str]:
 
 def deploy_form(model: nn.Module) -> nn.Module:
     """The fused form of a model in training form (what is deployed and counted), else itself."""
-    if getattr(model, "form", None) == "train" and hasattr(model, "fuse"):
-        try:
-            return model.fuse()
-        except Exception:  # a model without RepBlocks, or one that cannot fuse: count it as it is
-            return model
-    return model
+    return model.fuse() if getattr(model, "form", None) == "train" else model
 
 
-MAC_COUNTERS = {
-    "profile": "the NTIRE challenge's conventions (reprfn.profile: conv MACs + ReLU-family outputs)",
-    "hooks": "every Conv2d (out elements × in/groups × kh × kw)",
-}
-
-
-def official_macs(model: nn.Module, lr_size: tuple[int, int]) -> int | None:
-    """MACs by ``reprfn.profile.count`` (the NTIRE conventions) where that module is there, else None."""
-    try:
-        from .profile import count
-    except ImportError:
-        return None
-    try:
-        return int(count(model, (getattr(model, "in_channels", 3), *lr_size)).macs)
-    except Exception:  # an older or newer profile module: fall back to this module's counter
-        return None
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_macs(model: nn.Module, lr_size: tuple[int, int]) -> int:
-    """Multiply-accumulates of every ``Conv2d`` for one ``lr_size`` (H, W) input, on ``meta``."""
-    meta = copy.deepcopy(model).to("meta")
-    total = 0
-
-    def hook(mod: nn.Conv2d, _inp, out: torch.Tensor) -> None:
-        nonlocal total
-        kh, kw = mod.kernel_size
-        total += out.numel() * (mod.in_channels // mod.groups) * kh * kw
-
-    handles = [m.register_forward_hook(hook) for m in meta.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.inference_mode():
-            meta(torch.empty(1, getattr(model, "in_channels", 3), *lr_size, device="meta"))
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+MAC_COUNTER = "the NTIRE challenge's conventions (reprfn.profile: conv MACs + ReLU-family outputs)"
 
 
 def describe_columns(models: Sequence[tuple[str, str, nn.Module]], scale: int, repeats: int = 5) -> list[Column]:
@@ -197,15 +154,8 @@ def describe_columns(models: Sequence[tuple[str, str, nn.Module]], scale: int, r
             nets.append(model)
             continue
         net = deploy_form(copy.deepcopy(model).cpu().float().eval())
-        macs, counter = official_macs(net, lr_size), MAC_COUNTERS["profile"]
-        if macs is None:
-            counter = MAC_COUNTERS["hooks"]
-            try:
-                macs = count_macs(net, lr_size)
-            except Exception:  # an operation without a meta kernel: count on a real, smaller input
-                small = (lr_size[0] // 4, lr_size[1] // 4)
-                macs = count_macs_real(net, small) * (lr_size[0] * lr_size[1]) // (small[0] * small[1])
-        columns.append(Column(label, weights, arch, count_params(net), macs, mac_counter=counter))
+        cost = count(net, (net.in_channels, *lr_size))
+        columns.append(Column(label, weights, arch, cost.params, int(cost.macs), mac_counter=MAC_COUNTER))
         nets.append(net)
     best = [math.inf] * len(nets)
     inputs = [torch.rand(1, getattr(n, "in_channels", None) or 3, TIME_LR, TIME_LR,
@@ -220,23 +170,6 @@ def describe_columns(models: Sequence[tuple[str, str, nn.Module]], scale: int, r
     for column, seconds in zip(columns, best):
         column.cpu_ms = seconds * 1000.0
     return columns
-
-
-def count_macs_real(model: nn.Module, lr_size: tuple[int, int]) -> int:
-    total = 0
-
-    def hook(mod: nn.Conv2d, _inp, out: torch.Tensor) -> None:
-        nonlocal total
-        total += out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.inference_mode():
-            model(torch.zeros(1, getattr(model, "in_channels", 3), *lr_size))
-    finally:
-        for h in handles:
-            h.remove()
-    return total
 
 
 # ----------------------------------------------------------------------------------------------
@@ -503,7 +436,7 @@ def _models_table(run: Run) -> str:
 
 
 def _counters(run: Run) -> str:
-    return " and ".join(dict.fromkeys(c.mac_counter for c in run.columns if c.mac_counter)) or MAC_COUNTERS["hooks"]
+    return " and ".join(dict.fromkeys(c.mac_counter for c in run.columns if c.mac_counter)) or MAC_COUNTER
 
 
 def _plots(run: Run) -> str:
