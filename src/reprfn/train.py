@@ -187,8 +187,7 @@ def build_model(cfg: Mapping[str, Any]) -> SRModel:
     m = cfg["model"]
     kw = {"channels": m["channels"], "blocks": m["blocks"], "in_channels": m["in_channels"]}
     model = build(m["name"], scale=m["scale"], **kw)
-    if m["name"] == "reprfn":
-        set_mode(model, m["mode"])
+    set_mode(model, m["mode"])  # RepBlocks only: a no-op for the other architectures
     if m["init"]:
         init_from(model, m["init"])
     return model

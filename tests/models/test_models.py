@@ -142,3 +142,39 @@ def test_rfn_variants_differ_only_in_residuals():
     for i in range(4):
         for j in range(i + 1, 4):
             assert (outs[i] - outs[j]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("variant", ["reprfn-noedge", "reprfn-esafull", "reprfn-1x1"])
+def test_reprfn_ablations_fuse_exactly(variant):
+    model = randomize(tiny(variant, 3, esa_channels=4).double()).eval()
+    set_mode(model, "branches")
+    x = torch.rand(1, 3, 17, 16, dtype=torch.float64)
+    fused = model.fuse()
+    assert fused.arch == variant and fused.form == "deploy"
+    assert not any(isinstance(m, RepBlock) for m in fused.modules())
+    with torch.no_grad():
+        assert (model(x) - fused(x)).abs().max() < 1e-10
+
+
+def test_reprfn_ablations_change_only_what_they_name():
+    def keys(name: str) -> set[str]:
+        return {k[len("blocks.0."):] for k in tiny(name).state_dict() if k.startswith("blocks.0.")}
+
+    base = keys("reprfn")
+    assert base - keys("reprfn-noedge") == {k for k in base if ".edges." in k} != set()
+    assert keys("reprfn-noedge") < base
+    assert keys("reprfn-esafull") - base == {f"esa.{c}.{p}" for c in ("conv_max", "conv3_") for p in ("weight", "bias")}
+    assert {k.split(".")[0] for k in keys("reprfn-1x1") - base} == {"distill", "fusion"}
+    plain = tiny("reprfn-3x3")
+    assert plain.form == "deploy" and tiny("reprfn").fuse().state_dict().keys() == plain.state_dict().keys()
+
+
+def test_reprfn_ablation_checkpoints_round_trip(tmp_path):
+    from reprfn.checkpoint import load_model, save_model
+
+    model = randomize(tiny("reprfn-1x1", 2, esa_channels=4)).eval()
+    save_model(model, tmp_path / "m.safetensors")
+    loaded = load_model(tmp_path / "m.safetensors")
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert loaded.arch == "reprfn-1x1" and torch.equal(loaded(x), model(x))

@@ -12,7 +12,7 @@ from .reprfn import RFN, RepRFN
 from .rfdn import RFDN
 
 REGISTRY: dict[str, Callable[..., SRModel]] = {
-    "reprfn": RepRFN,
+    **{name: partial(RepRFN, variant=name) for name in RepRFN.VARIANTS},
     **{name: partial(RFN, name) for name in RFN.VARIANTS},
     "rfdn": RFDN,
     "imdn": IMDN,
@@ -28,7 +28,8 @@ def build(name: str, scale: int = 4, **kw: Any) -> SRModel:
 
     Keyword arguments: ``in_channels``, ``channels``, ``blocks``; for ``reprfn`` also
     ``deploy`` (build the fused form directly) and ``mode`` ("online" or "branches").
-    A ``form`` keyword ("train" or "deploy") is accepted for ``reprfn``, as stored in checkpoints.
+    A ``form`` keyword ("train" or "deploy") is accepted for RepRFN and its ablations, as stored
+    in checkpoints.
     """
     if name not in REGISTRY:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(REGISTRY)}")
@@ -36,7 +37,7 @@ def build(name: str, scale: int = 4, **kw: Any) -> SRModel:
     if form is not None:
         if form not in ("train", "deploy"):
             raise ValueError(f"unknown form {form!r}; use 'train' or 'deploy'")
-        if name == "reprfn":
+        if name in RepRFN.VARIANTS:
             kw["deploy"] = form == "deploy"
     return REGISTRY[name](scale=scale, **kw)
 

@@ -131,10 +131,11 @@ class RepBlock(nn.Module):
     """Training form of RepRFN's RepBlock: the sum of nine branches, then LeakyReLU(0.05).
 
     Branches: 3x3, 3x1, 1x3, 1x1 (with bias); 1x1 to 2C (no bias) then 3x3 (no bias); identity
-    (when in == out); and the Sobel-x, Sobel-y and Laplacian edge branches of ECBSR.
+    (when in == out); and the Sobel-x, Sobel-y and Laplacian edge branches of ECBSR
+    (``edges=False`` leaves them out, for the ablation).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, mode: Mode = "online") -> None:
+    def __init__(self, in_channels: int, out_channels: int, mode: Mode = "online", *, edges: bool = True) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.mode: Mode = mode
@@ -144,7 +145,7 @@ class RepBlock(nn.Module):
         self.conv1x1 = nn.Conv2d(in_channels, out_channels, 1)
         self.expand = nn.Conv2d(in_channels, 2 * in_channels, 1, bias=False)
         self.expand3x3 = nn.Conv2d(2 * in_channels, out_channels, 3, padding=1, bias=False)
-        self.edges = nn.ModuleDict({k: EdgeBranch(in_channels, out_channels, k) for k in EDGE_KERNELS})
+        self.edges = nn.ModuleDict({k: EdgeBranch(in_channels, out_channels, k) for k in EDGE_KERNELS} if edges else {})
 
     @property
     def has_identity(self) -> bool:

@@ -6,6 +6,8 @@ Skeleton (the paper's RFN layout)::
 
 Blocks:
 * ``RepRFB``: three RepBlocks, a 3x3 conv + LeakyReLU(0.05), a local residual, ESA(16, one conv).
+  Its ablations (``RepRFN.VARIANTS``, for docs/experiments.md): without the edge branches, with
+  only the 3x3 branch (no reparameterization), with RFDN's full ESA, with RFDB's 1x1 convs.
 * ``RFB``: RFDN's RFDB with the channel split and concatenation removed: three 3x3 convs feeding
   each other, a 3x3 conv, RFDN's full ESA; ``local`` and ``block`` select the residuals of the
   paper's Table 1 (plain, RFB1, RFB2, RFB3). See ``docs/models.md`` for this reading.
@@ -13,6 +15,7 @@ Blocks:
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .blocks import ESA, SRModel, conv, lrelu, pixelshuffle_block
@@ -20,22 +23,37 @@ from .rep import ConvLReLU, Mode, RepBlock
 
 
 class RepRFB(nn.Module):
-    """Reparameterized residual feature block."""
+    """Reparameterized residual feature block.
 
-    def __init__(self, channels: int, esa_channels: int = 16, deploy: bool = False, mode: Mode = "online") -> None:
+    Ablation switches (all off in RepRFN): ``edges=False`` drops the RepBlocks' edge branches;
+    ``esa_full`` uses RFDN's ESA conv group; ``distill`` adds RFDB's 1x1 convs back: a 1x1
+    distillation conv (C -> C/2) on the input of each RepBlock, and a 1x1 conv fusing those and
+    the last conv's output back to C, before the local residual.
+    """
+
+    def __init__(self, channels: int, esa_channels: int = 16, deploy: bool = False, mode: Mode = "online",
+                 *, edges: bool = True, esa_full: bool = False, distill: bool = False) -> None:
         super().__init__()
         self.rep = nn.ModuleList(
-            ConvLReLU(channels, channels) if deploy else RepBlock(channels, channels, mode)
+            ConvLReLU(channels, channels) if deploy else RepBlock(channels, channels, mode, edges=edges)
             for _ in range(3)
         )
         self.conv = conv(channels, channels, 3)
-        self.esa = ESA(channels, esa_channels, full=False)
+        if distill:
+            self.distill = nn.ModuleList(conv(channels, channels // 2, 1) for _ in range(3))
+            self.fusion = conv(channels // 2 * 3 + channels, channels, 1)
+        self.esa = ESA(channels, esa_channels, full=esa_full)
 
     def forward(self, x: Tensor) -> Tensor:
-        out = x
-        for block in self.rep:
+        out, distilled = x, []
+        for i, block in enumerate(self.rep):
+            if hasattr(self, "distill"):
+                distilled.append(lrelu(self.distill[i](out)))
             out = block(out)
-        return self.esa(x + lrelu(self.conv(out)))
+        out = lrelu(self.conv(out))
+        if distilled:
+            out = self.fusion(torch.cat([*distilled, out], dim=1))
+        return self.esa(x + out)
 
 
 class RFB(nn.Module):
@@ -82,9 +100,20 @@ class RFNet(SRModel):
 
 
 class RepRFN(RFNet):
-    """RepRFN (Deng et al., CVPRW 2023). ``deploy=True`` builds the fused form directly."""
+    """RepRFN (Deng et al., CVPRW 2023). ``deploy=True`` builds the fused form directly.
+
+    ``variant`` selects an ablation of ``VARIANTS`` (registered under its name); ``reprfn-3x3``
+    is the deploy structure trained as it is, with no branches to fold.
+    """
 
     arch = "reprfn"
+    VARIANTS: dict[str, dict[str, bool]] = {
+        "reprfn": {},
+        "reprfn-noedge": {"edges": False},
+        "reprfn-3x3": {"deploy": True},
+        "reprfn-esafull": {"esa_full": True},
+        "reprfn-1x1": {"distill": True},
+    }
 
     def __init__(
         self,
@@ -96,7 +125,12 @@ class RepRFN(RFNet):
         esa_channels: int = 16,
         deploy: bool = False,
         mode: Mode = "online",
+        variant: str = "reprfn",
     ) -> None:
+        if variant not in self.VARIANTS:
+            raise ValueError(f"unknown RepRFN variant {variant!r}; choose from {', '.join(self.VARIANTS)}")
+        self.arch, self.options = variant, dict(self.VARIANTS[variant])
+        deploy = self.options.pop("deploy", deploy)
         self.esa_channels, self.deploy, self.mode = esa_channels, deploy, mode
         super().__init__(scale=scale, in_channels=in_channels, channels=channels, blocks=blocks)
         self.form = "deploy" if deploy else "train"
@@ -105,7 +139,7 @@ class RepRFN(RFNet):
         return {**super().config(), "esa_channels": self.esa_channels}
 
     def make_block(self) -> nn.Module:
-        return RepRFB(self.channels, self.esa_channels, deploy=self.deploy, mode=self.mode)
+        return RepRFB(self.channels, self.esa_channels, deploy=self.deploy, mode=self.mode, **self.options)
 
 
 class RFN(RFNet):
