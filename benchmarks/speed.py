@@ -87,6 +87,22 @@ def onnx_runner(model: torch.nn.Module, threads: int, spinning: bool = False) ->
     return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
 
 
+def openvino_runner(model: torch.nn.Module, threads: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """OpenVINO's CPU plugin on the ONNX export, f32, latency hint (when ``openvino`` is installed)."""
+    try:
+        import openvino as ov
+
+        from reprfn.export import export_onnx
+    except ImportError:
+        return None
+    path = Path(tempfile.mkdtemp(prefix="reprfn-speed-")) / "m.onnx"
+    export_onnx(model, path, check=False)
+    compiled_model = ov.Core().compile_model(str(path), "CPU", {
+        "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled_model.create_infer_request()
+    return lambda x: torch.from_numpy(request.infer({0: x.numpy()})[0].copy())
+
+
 def jit_frozen(model: torch.nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     with torch.no_grad():
         traced = torch.jit.trace(copy.deepcopy(model).eval(), x, check_trace=False)
@@ -121,9 +137,15 @@ def variants(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) 
     default = accelerate(model)
     if isinstance(default, AutoCPU):
         default.session()  # export (or read the cached export) before timing
-        out["**default**: ONNX Runtime, all graph optimizations"] = (default, "same")
-        ort_fn = onnx_runner(model, threads, spinning=True)
-        out["ONNX Runtime, idle threads spinning (its default)"] = (ort_fn, "same")
+        out[f"**default**: {default.path().split(' (')[0]} (whole images)"] = (default, "same")
+    for spinning in (False, True):
+        ort_fn = onnx_runner(model, threads, spinning=spinning)
+        if ort_fn is not None:
+            name = "idle threads spinning (its default)" if spinning else "all graph optimizations, no spinning"
+            out[f"ONNX Runtime, {name}"] = (ort_fn, "same")
+    ov_fn = openvino_runner(model, threads)
+    if ov_fn is not None:
+        out["OpenVINO (CPU plugin, f32, latency hint)"] = (ov_fn, "same")
     try:
         out["TorchScript freeze + optimize_for_inference"] = (jit_frozen(model, x), "same")
     except Exception as exc:  # noqa: BLE001 - report and go on

@@ -132,6 +132,7 @@ needs_ort = pytest.mark.skipif(not fast.onnxruntime_available(), reason="onnx / 
 @needs_ort
 def test_auto_path_uses_onnxruntime_for_whole_images_and_torch_for_tiles(model, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRFN_CACHE", str(tmp_path))
+    monkeypatch.setenv("REPRFN_OPENVINO", "0")
     net = accelerate(model, onnx=True)
     assert isinstance(net, fast.AutoCPU) and net.scale == 4 and net.arch == "reprfn"
     x = image_batch(1, 90, 120)
@@ -156,6 +157,7 @@ def test_auto_path_falls_back_when_export_fails(model, tmp_path, monkeypatch):
         raise RuntimeError("exporter unavailable")
 
     monkeypatch.setattr(fast, "open_onnx_session", broken)
+    monkeypatch.setattr(fast, "open_openvino", broken)
     net = accelerate(model, onnx=True)
     x = image_batch(1, 40, 40)
     with torch.inference_mode():
@@ -167,5 +169,55 @@ def test_onnx_can_be_switched_off(model, monkeypatch):
     monkeypatch.setenv("REPRFN_ONNX", "0")
     assert isinstance(accelerate(model), FastRepRFN)
     monkeypatch.setattr(fast, "onnxruntime_available", lambda: False)
+    monkeypatch.setattr(fast, "openvino_available", lambda: False)
     monkeypatch.setenv("REPRFN_ONNX", "1")
     assert isinstance(accelerate(model), FastRepRFN)
+
+
+def test_engine_choice_openvino_first_then_onnxruntime(model, monkeypatch):
+    monkeypatch.setenv("REPRFN_ONNX", "1")
+    monkeypatch.setattr(fast, "onnxruntime_available", lambda: True)
+    monkeypatch.setattr(fast, "openvino_available", lambda: True)
+    assert accelerate(model).engine == "openvino"
+    monkeypatch.setenv("REPRFN_OPENVINO", "0")
+    assert accelerate(model).engine == "onnxruntime"
+    monkeypatch.setenv("REPRFN_OPENVINO", "1")
+    monkeypatch.setattr(fast, "openvino_available", lambda: False)
+    assert accelerate(model).engine == "onnxruntime"
+    with pytest.raises(ValueError, match="engine"):
+        fast.AutoCPU(FastRepRFN(model), engine="tensorrt")
+
+
+@pytest.mark.skipif(not fast.openvino_available(), reason="openvino not installed (pip install -e '.[openvino]')")
+def test_openvino_engine_equals_pytorch_and_leaves_tiles_to_torch(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRFN_CACHE", str(tmp_path))
+    net = fast.AutoCPU(FastRepRFN(model), engine="openvino")
+    x = image_batch(2, 61, 97)  # a batch, and a size no multiple of ESA's stride
+    whole = run_model(net, x)
+    assert net.onnx_error is None and isinstance(net._session, fast.OpenVinoModel)
+    assert net.path().startswith("OpenVINO (whole images)")
+    ref = run_model(model, x)
+    assert _diff(whole, ref) <= TOL and _levels(whole, ref) <= 1
+    y = image_batch(1, 45, 50)  # a second size through the same compiled model
+    assert _diff(run_model(net, y), run_model(model, y)) <= TOL
+    tiled = run_model(net, x, tile=48)  # windows set: PyTorch path, exact
+    assert _diff(tiled, run_model(model, x, tile=48)) <= TOL
+
+
+def test_openvino_disagreement_is_caught_and_falls_back(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("REPRFN_CACHE", str(tmp_path))
+
+    class Wrong:
+        def __init__(self, path, threads, scale):
+            self.scale = scale
+
+        def __call__(self, x):
+            return torch.zeros(x.shape[0], x.shape[1], x.shape[2] * self.scale, x.shape[3] * self.scale)
+
+    monkeypatch.setattr(fast, "OpenVinoModel", Wrong)
+    monkeypatch.setattr(fast, "cached_onnx_export", lambda m, d=None: (m.fuse().eval(), tmp_path / "m.onnx"))
+    net = fast.AutoCPU(FastRepRFN(model), engine="openvino")
+    x = image_batch(1, 40, 40)
+    with torch.inference_mode():
+        assert _diff(net(x), model(x)) <= TOL
+    assert "disagree" in net.onnx_error and "OpenVINO failed" in net.path()

@@ -3,10 +3,13 @@
 ``accelerate(model)`` is what ``reprfn upscale`` / ``reprfn.upscale`` run on the CPU by default
 (``backend="auto"``). Two engines, each exact to float rounding (max |diff| <= 1e-5 on photos):
 
-* **ONNX Runtime** for whole images, when ``onnx`` and ``onnxruntime`` are installed
-  (``AutoCPU``): the fused model is exported once (checked against PyTorch, cached on disk by a
-  digest of its weights) and run with all graph optimizations: NCHWc blocked layout, LeakyReLU
-  and residual adds fused into the convs. Set ``REPRFN_ONNX=0`` to leave it out.
+* **OpenVINO** or else **ONNX Runtime** for whole images (``AutoCPU``): the fused model is
+  exported to ONNX once (cached on disk by a digest of its weights) and compiled by OpenVINO's CPU
+  plugin in float32 when ``openvino`` and ``onnx`` are installed (``pip install 'reprfn[openvino]'``;
+  the fastest engine measured here, docs/performance.md), else run by ONNX Runtime with all graph
+  optimizations (NCHWc blocked layout, LeakyReLU and residual adds fused into the convs). Either
+  engine's output is checked against PyTorch when it is opened. ``REPRFN_OPENVINO=0`` leaves
+  OpenVINO out, ``REPRFN_ONNX=0`` both.
 * **PyTorch** (``FastRepRFN``) for tiles, and for everything when ONNX Runtime is missing or
   fails: the fused RepRFN with activations in channels-last (NHWC) layout, where oneDNN's direct
   3x3 conv runs near the machine's peak; LeakyReLU(0.05) fused into each conv, the global
@@ -300,6 +303,64 @@ def onnxruntime_available() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
 
 
+def openvino_available() -> bool:
+    """OpenVINO and the ONNX exporter are installed (``pip install 'reprfn[openvino]'``)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "openvino"))
+
+
+def cached_onnx_export(model: nn.Module, directory: Path | None = None) -> tuple[nn.Module, Path]:
+    """The fused model and its ONNX export, made once and kept under ``directory`` (default
+    ``cache_dir()``) by a digest of its weights; checked by ONNX Runtime when it is installed."""
+    from .export import DEFAULT_OPSET, _model_digest, deploy_copy, export_onnx
+
+    fused = deploy_copy(model)
+    directory = Path(directory or cache_dir()) / "onnx"
+    path = directory / f"{fused.arch}_x{fused.scale}_{_model_digest(fused, DEFAULT_OPSET, False)}.onnx"
+    if not path.is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        export_onnx(fused, path, check=onnxruntime_available())  # atomic; raises on disagreement > 1e-4
+    return fused, path
+
+
+class OpenVinoModel:
+    """An ONNX export compiled by OpenVINO's CPU plugin, called like the model (float32 in and out).
+
+    Float32 inference precision is asked for explicitly: on CPUs with bf16 or AMX units OpenVINO
+    would otherwise compute in bfloat16, which is not the model's function. One request, guarded by
+    a lock (a request runs one inference at a time).
+    """
+
+    def __init__(self, path: Path, threads: int, scale: int) -> None:
+        import threading
+
+        import openvino as ov
+
+        self.path, self.scale = path, scale
+        compiled = ov.Core().compile_model(str(path), "CPU", {
+            "INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32"})
+        self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        with self._lock:
+            out = self._request.infer({0: arr})[0].copy()
+        return torch.from_numpy(out).to(x.device)
+
+
+def open_openvino(model: nn.Module, threads: int | None = None, directory: Path | None = None) -> OpenVinoModel:
+    """The cached ONNX export compiled by OpenVINO, checked against PyTorch on a probe image."""
+    fused, path = cached_onnx_export(model, directory)
+    engine = OpenVinoModel(path, int(threads or torch.get_num_threads()), fused.scale)
+    probe = torch.rand(1, fused.in_channels, 32, 40, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        diff = (engine(probe) - fused(probe)).abs().max().item()
+    if not diff <= 1e-4:
+        raise RuntimeError(f"OpenVINO and PyTorch disagree by {diff:.1e}")
+    return engine
+
+
 def open_onnx_session(model: nn.Module, threads: int | None = None, directory: Path | None = None) -> Any:
     """The fused model exported (checked against PyTorch, cached by a digest of its weights) and
     opened in ONNX Runtime with all graph optimizations (NCHWc layout, conv + activation and conv +
@@ -307,14 +368,9 @@ def open_onnx_session(model: nn.Module, threads: int | None = None, directory: P
     threads, which on a machine whose cores are shared costs more than it saves."""
     import onnxruntime as ort
 
-    from .export import DEFAULT_OPSET, OnnxModel, _model_digest, deploy_copy, export_onnx
+    from .export import OnnxModel
 
-    fused = deploy_copy(model)
-    directory = Path(directory or cache_dir()) / "onnx"
-    path = directory / f"{fused.arch}_x{fused.scale}_{_model_digest(fused, DEFAULT_OPSET, False)}.onnx"
-    if not path.is_file():
-        directory.mkdir(parents=True, exist_ok=True)
-        export_onnx(fused, path)  # atomic; raises if ONNX Runtime and PyTorch disagree (> 1e-4)
+    _, path = cached_onnx_export(model, directory)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = int(threads or torch.get_num_threads())
@@ -325,20 +381,23 @@ def open_onnx_session(model: nn.Module, threads: int | None = None, directory: P
 
 
 class AutoCPU(nn.Module):
-    """The default CPU path: whole images through ONNX Runtime, tiles through PyTorch.
+    """The default CPU path: whole images through OpenVINO or ONNX Runtime, tiles through PyTorch.
 
-    ONNX Runtime's graph places ESA's upsampling grid by the size of what it is given, so it
-    cannot run tiles exactly; whenever tiled inference has set an ESA window, and for anything
-    that is not a float32 CPU forward without autograd, ``torch_path`` (``FastRepRFN`` or
-    ``ChannelsLast``) runs instead. The ONNX session is made on the first whole-image call (an
-    export of about 4 s, then cached on disk: ``cache_dir()``); if that fails for any reason the
-    PyTorch path is used from then on (``self.onnx_error`` says why).
+    An ONNX graph places ESA's upsampling grid by the size of what it is given, so it cannot run
+    tiles exactly; whenever tiled inference has set an ESA window, and for anything that is not a
+    float32 CPU forward without autograd, ``torch_path`` (``FastRepRFN`` or ``ChannelsLast``) runs
+    instead. The engine (``engine``: "openvino" or "onnxruntime") is opened on the first
+    whole-image call (an export of about 4 s, then cached on disk: ``cache_dir()``); if that fails
+    for any reason the PyTorch path is used from then on (``self.onnx_error`` says why).
     """
 
-    def __init__(self, torch_path: nn.Module, directory: Path | None = None) -> None:
+    def __init__(self, torch_path: nn.Module, directory: Path | None = None, engine: str = "onnxruntime") -> None:
         super().__init__()
+        if engine not in ("openvino", "onnxruntime"):
+            raise ValueError(f"unknown engine {engine!r}; use 'openvino' or 'onnxruntime'")
         self.torch_path = torch_path
         self.directory = directory
+        self.engine = engine
         self._session: Any = None
         self.onnx_error: str | None = None
 
@@ -349,14 +408,16 @@ class AutoCPU(nn.Module):
             return getattr(self._modules["torch_path"], name)
 
     def path(self) -> str:
+        name = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}[self.engine]
         if self.onnx_error:
-            return f"{self.torch_path.path()} (ONNX Runtime failed: {self.onnx_error})"
-        return f"ONNX Runtime (whole images); {self.torch_path.path()} (tiles)"
+            return f"{self.torch_path.path()} ({name} failed: {self.onnx_error})"
+        return f"{name} (whole images); {self.torch_path.path()} (tiles)"
 
     def session(self) -> Any:
         if self._session is None and self.onnx_error is None:
+            opener = open_openvino if self.engine == "openvino" else open_onnx_session
             try:
-                self._session = open_onnx_session(self.torch_path.model, directory=self.directory)
+                self._session = opener(self.torch_path.model, directory=self.directory)
             except Exception as exc:  # noqa: BLE001 - any failure means: use PyTorch
                 self.onnx_error = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         return self._session
@@ -375,8 +436,9 @@ def accelerate(model: Any, device: torch.device | str = "cpu", precision: str = 
     """The fastest equal-output way to run ``model`` on ``device``; the model itself if none applies.
 
     CPU and fp32 only. The PyTorch path: RepRFN (either form) becomes ``FastRepRFN``, any other
-    model is run channels-last. With ONNX Runtime installed (``onnx=None`` means: if it is), whole
-    images go through it (``AutoCPU``) and tiles through the PyTorch path. Already-accelerated and
+    model is run channels-last. With OpenVINO or ONNX Runtime installed (``onnx=None`` means: if
+    one is, and ``REPRFN_ONNX`` is not "0"), whole images go through it (``AutoCPU``; OpenVINO
+    first unless ``REPRFN_OPENVINO=0``) and tiles through the PyTorch path. Already-accelerated and
     non-torch models (``OnnxModel``) are returned as they are. Outputs equal the model's to float
     rounding (tests/test_fast.py checks <= 1e-4).
     """
@@ -385,6 +447,9 @@ def accelerate(model: Any, device: torch.device | str = "cpu", precision: str = 
     if isinstance(model, (FastRepRFN, ChannelsLast, AutoCPU)):
         return model
     torch_path = FastRepRFN(model, winograd=winograd) if getattr(model, "arch", "") == "reprfn" else ChannelsLast(model)
+    use_openvino = os.environ.get("REPRFN_OPENVINO", "1") != "0" and openvino_available()
     if onnx is None:
-        onnx = os.environ.get("REPRFN_ONNX", "1") != "0" and onnxruntime_available()
-    return AutoCPU(torch_path) if onnx else torch_path
+        onnx = os.environ.get("REPRFN_ONNX", "1") != "0" and (use_openvino or onnxruntime_available())
+    if not onnx:
+        return torch_path
+    return AutoCPU(torch_path, engine="openvino" if use_openvino else "onnxruntime")
