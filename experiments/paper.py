@@ -57,12 +57,16 @@ RUNS: dict[str, tuple[str, dict[str, float], int]] = {
     "loss-l2": ("reprfn", {"l2": 1.0}, 48),
     "loss-charbonnier": ("reprfn", {"charbonnier": 1.0}, 48),
     "loss-fft": ("reprfn", {"fft": 1.0}, 48),
+    "reprfn-seed1": ("reprfn", PAPER_LOSS, 48),
+    "reprfn-seed2": ("reprfn", PAPER_LOSS, 48),
 }
+SEEDS = {"reprfn-seed1": 1, "reprfn-seed2": 2}  # RepRFN again with other seeds: the run-to-run noise
 TABLES: dict[str, list[str]] = {
     "table1": ["rfn-plain", "rfn-rfb1", "rfn-rfb2", "rfn-rfb3", "rfdn", "reprfn"],
     "redundancy": ["reprfn", "reprfn-1x1", "reprfn-esafull"],
     "losses": ["loss-l1", "loss-l2", "loss-charbonnier", "loss-fft", "reprfn"],
     "branches": ["reprfn", "reprfn-noedge", "reprfn-3x3"],
+    "noise": ["reprfn", "reprfn-seed1", "reprfn-seed2"],
 }
 
 
@@ -85,6 +89,22 @@ def save_results(results: dict[str, Any]) -> None:
     os.replace(tmp, RESULTS)
 
 
+def record(update: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Read, update and write the results under a lock, so that workers can run side by side
+    (``train --only A,B`` in one shell, ``train --only C`` in another) without losing rows."""
+    import fcntl
+
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(RUNS_DIR / "results.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = load_results()
+        if results.get("budget") != BUDGET:
+            results = {"budget": BUDGET, "runs": {}}  # a new budget: every row is measured again
+        update(results)
+        save_results(results)
+    return results
+
+
 # ----------------------------------------------------------------------------------------------
 # Training runs
 # ----------------------------------------------------------------------------------------------
@@ -96,7 +116,7 @@ def run_config(name: str, threads: int) -> dict[str, Any]:
     model, loss, channels = RUNS[name]
     b = BUDGET
     return merge(DEFAULTS, {
-        "seed": b["seed"],
+        "seed": SEEDS.get(name, b["seed"]),
         "model": {"name": model, "scale": b["scale"], "channels": channels, "blocks": 4},
         "data": {"train": TRAIN_SETS, "cache_dir": str(ROOT / "runs" / "cache"), "workers": 0},
         "val": {"dir": None},
@@ -127,7 +147,7 @@ def train_one(name: str, threads: int) -> dict[str, Any]:
     seconds = time.time() - start
     model = load_model(run_dir / "final_fused.safetensors")
     return {
-        "model": RUNS[name][0], "loss": RUNS[name][1], "channels": RUNS[name][2],
+        "model": RUNS[name][0], "loss": RUNS[name][1], "channels": RUNS[name][2], "seed": cfg["seed"],
         "iters": BUDGET["iters"], "patches_seen": BUDGET["iters"] * BUDGET["batch_size"],
         "train_seconds_this_session": round(seconds, 1),
         "train_params": sum(p.numel() for p in load_model(run_dir / "final.safetensors").parameters()),
@@ -137,19 +157,16 @@ def train_one(name: str, threads: int) -> dict[str, Any]:
 
 
 def cmd_train(only: list[str] | None, threads: int) -> None:
-    results = load_results()
-    if results.get("budget") != BUDGET:
-        results = {"budget": BUDGET, "runs": {}}  # a new budget: every row is measured again
     for name in only or list(RUNS):
         if name not in RUNS:
             sys.exit(f"unknown run {name!r}; choose from {', '.join(RUNS)}")
-        if name in results["runs"]:
-            print(f"{name}: done ({results['runs'][name]['set5']['psnr_y']:.2f} dB Set5)")
+        done = record(lambda results: None)["runs"].get(name)
+        if done:
+            print(f"{name}: done ({done['set5']['psnr_y']:.2f} dB Set5)")
             continue
         print(f"{name}: training ({BUDGET['iters']} iterations)", flush=True)
-        results["runs"][name] = train_one(name, threads)
-        save_results(results)
-        r = results["runs"][name]
+        r = train_one(name, threads)
+        record(lambda results: results["runs"].__setitem__(name, r))
         print(f"{name}: Set5 {r['set5']['psnr_y']:.2f} dB, B100 {r['b100']['psnr_y']:.2f} dB", flush=True)
 
 
@@ -163,10 +180,9 @@ def cmd_complexity() -> None:
     from reprfn.checkpoint import load_model
     from reprfn.profile import count, peak_memory_mb, runtime
 
-    results = load_results()
-    out = results.setdefault("complexity", {})
+    out: dict[str, Any] = {}
     names = {n for t in ("table1", "redundancy", "branches") for n in TABLES[t]}  # loss rows: RepRFN's cost
-    for name in sorted(names & set(results["runs"])):
+    for name in sorted(names & set(load_results()["runs"])):
         model = load_model(RUNS_DIR / name / "final_fused.safetensors")
         c = count(model, "3x180x320")
         out[name] = {
@@ -176,7 +192,7 @@ def cmd_complexity() -> None:
             "threads": torch.get_num_threads(),
         }
         print(name, out[name], flush=True)
-    save_results(results)
+    record(lambda results: results.__setitem__("complexity", out))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,9 +233,8 @@ def cmd_pruning(fraction: float = 0.5) -> None:
             rows.append({"block": bname, "conv": cname, "kernel": list(conv.kernel_size),
                          "out_channels": conv.out_channels, "drop_db": round(drop, 4)})
             print(f"{bname}.{cname}: -{drop:.3f} dB", flush=True)
-    results = load_results()
-    results["pruning"] = {"fraction": fraction, "set5_psnr_y": ref, "rows": rows}
-    save_results(results)
+    record(lambda results: results.__setitem__(
+        "pruning", {"fraction": fraction, "set5_psnr_y": ref, "rows": rows}))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,10 +288,8 @@ def cmd_deploy(rounds: int = 5) -> None:
         rows = {k: round(statistics.median(v), 1) for k, v in times.items()}
     for k, v in rows.items():
         print(f"{k:<60} {v:8.1f} ms")
-    results = load_results()
-    results["deploy"] = {"input": "3x180x320", "threads": torch.get_num_threads(), "rounds": rounds,
-                         "median_ms": rows}
-    save_results(results)
+    record(lambda results: results.__setitem__("deploy", {
+        "input": "3x180x320", "threads": torch.get_num_threads(), "rounds": rounds, "median_ms": rows}))
 
 
 def main() -> None:

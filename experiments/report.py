@@ -83,6 +83,21 @@ def losses_table(results: dict[str, Any]) -> str:
     return table(["loss", "B100 PSNR", "B100 SSIM", "Set5 PSNR"], rows)
 
 
+def noise_line(results: dict[str, Any]) -> str:
+    """The spread of RepRFN's scores over seeds: the scale below which rows do not differ."""
+    from experiments.paper import TABLES
+
+    runs = [results["runs"][n] for n in TABLES["noise"] if n in results["runs"]]
+    if len(runs) < 2:
+        return "_not measured yet_"
+    parts = []
+    for dataset, label in (("set5", "Set5"), ("b100", "B100")):
+        values = [r[dataset]["psnr_y"] for r in runs]
+        parts.append(f"{label} {' / '.join(f'{v:.2f}' for v in values)} dB "
+                     f"(spread {max(values) - min(values):.2f} dB)")
+    return f"RepRFN trained with seeds {', '.join(str(r.get('seed', '?')) for r in runs)}: " + "; ".join(parts) + "."
+
+
 def pruning_table(results: dict[str, Any]) -> str:
     p = results.get("pruning")
     if not p:
@@ -188,6 +203,7 @@ def sections(results: dict[str, Any]) -> dict[str, str]:
               f"seed {b['seed']}; 491 training photos (BSD200, T91, BSDS500-test)")
     return {
         "budget": budget,
+        "noise": noise_line(results),
         "table1": table1(results),
         "redundancy": runs_table(results, TABLES["redundancy"]),
         "pruning": pruning_table(results),

@@ -37,7 +37,7 @@ def fake_results() -> dict:
           "runtime_ms": 250.0, "threads": 2}
     return {
         "budget": paper.BUDGET,
-        "runs": {n: {**run, "set5": {"psnr_y": 30.0 + i / 10, "ssim_y": 0.86}} for i, n in enumerate(names)},
+        "runs": {n: {**run, "seed": i, "set5": {"psnr_y": 30.0 + i / 10, "ssim_y": 0.86}} for i, n in enumerate(names)},
         "complexity": {n: cx for n in names},
         "pruning": {"fraction": 0.5, "set5_psnr_y": 30.0,
                     "rows": [{"block": f"B{b}", "conv": c, "drop_db": d * b} for b in (1, 2)
@@ -57,6 +57,7 @@ def test_write_docs_fills_every_table_from_the_results(tmp_path):
     assert "| `esa.conv3` | 0.750 | 0.500 | 1.000 |" in text  # ranked first: the largest mean drop
     assert text.index("`esa.conv3`") < text.index("`c1_d`")
     assert "| eager, deploy form | 300 | 600 |" in text
+    assert "RepRFN trained with seeds" in text and "spread 0." in text
     assert (tmp_path / "experiments_table1.png").stat().st_size > 10_000
     assert (tmp_path / "experiments_pruning.png").stat().st_size > 5_000
 
