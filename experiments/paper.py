@@ -242,10 +242,10 @@ def cmd_pruning(fraction: float = 0.5) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def deploy_variants(name: str, model: torch.nn.Module, tmp: Path) -> dict[str, Callable]:
+def deploy_variants(name: str, model: torch.nn.Module, x: torch.Tensor, tmp: Path) -> dict[str, Callable]:
     """Each way of running ``model`` (trained weights) on the CPU, as a callable of one input."""
     from reprfn.export import OnnxModel, export_onnx
-    from reprfn.fast import accelerate
+    from reprfn.fast import OpenVinoModel, accelerate, openvino_available
     from reprfn.models import set_mode
 
     fused = model.fuse().eval()
@@ -256,26 +256,32 @@ def deploy_variants(name: str, model: torch.nn.Module, tmp: Path) -> dict[str, C
         out["eager, training form (nine branches)"] = branches
         out["eager, training form (online fusion)"] = online
     out["eager, deploy form"] = fused
-    out["TorchScript (frozen)"] = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(fused)))
-    export_onnx(fused, tmp / f"{name}.onnx")
-    out["ONNX Runtime"] = OnnxModel(tmp / f"{name}.onnx")
+    with torch.no_grad():
+        traced = torch.jit.trace(fused, x, check_trace=False)
+    out["TorchScript (frozen)"] = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+    path = tmp / f"{name}.onnx"
+    export_onnx(fused, path)
+    threads = torch.get_num_threads()
+    out["ONNX Runtime"] = OnnxModel.from_file(path, threads=threads)
+    if openvino_available():
+        out["OpenVINO (float32)"] = OpenVinoModel(path, threads, fused.scale)
     out["reprfn fast PyTorch path"] = accelerate(fused, onnx=False)
     return out
 
 
-def cmd_deploy(rounds: int = 5) -> None:
+def cmd_deploy(rounds: int = 5, size: tuple[int, int] = (180, 320)) -> None:
     """Median ms at 3x180x320 of every scheme, interleaved so all see the same load."""
     from reprfn.checkpoint import load_model
     from reprfn.models import build
 
-    x = torch.rand(1, 3, 180, 320, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
     rows: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as d, torch.inference_mode():
         fns: dict[str, Callable] = {}
         for name in ("reprfn", "rfdn", "imdn"):
             path = RUNS_DIR / name / "final.safetensors"
             model = load_model(path) if path.is_file() else build(name, scale=4).eval()
-            for scheme, f in deploy_variants(name, model, Path(d)).items():
+            for scheme, f in deploy_variants(name, model, x, Path(d)).items():
                 fns[f"{name}|{scheme}"] = f
         times: dict[str, list[float]] = {k: [] for k in fns}
         for f in fns.values():
@@ -289,7 +295,8 @@ def cmd_deploy(rounds: int = 5) -> None:
     for k, v in rows.items():
         print(f"{k:<60} {v:8.1f} ms")
     record(lambda results: results.__setitem__("deploy", {
-        "input": "3x180x320", "threads": torch.get_num_threads(), "rounds": rounds, "median_ms": rows}))
+        "input": f"3x{size[0]}x{size[1]}", "threads": torch.get_num_threads(), "rounds": rounds,
+        "median_ms": rows}))
 
 
 def main() -> None:

@@ -79,3 +79,15 @@ def test_one_training_row_at_a_toy_budget(tmp_path, monkeypatch):
     assert row["train_params"] == 401_504  # trained in deploy form: nothing to fold
     paper.cmd_train(["reprfn-3x3"], threads=1)  # measured at this budget: not trained again
     assert json.loads((tmp_path / "results.json").read_text()) == results
+
+
+def test_deploy_times_every_scheme_of_every_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(paper, "RESULTS", tmp_path / "results.json")
+    monkeypatch.setattr(paper, "RUNS_DIR", tmp_path / "runs")  # no trained rows: untrained models
+    paper.cmd_deploy(rounds=1, size=(24, 24))
+    d = json.loads((tmp_path / "results.json").read_text())["deploy"]
+    assert d["input"] == "3x24x24" and d["rounds"] == 1
+    schemes = {k.split("|")[1] for k in d["median_ms"] if k.startswith("rfdn|")}
+    assert {"eager, deploy form", "TorchScript (frozen)", "ONNX Runtime", "reprfn fast PyTorch path"} <= schemes
+    assert "reprfn|eager, training form (nine branches)" in d["median_ms"]
+    assert all(v > 0 for v in d["median_ms"].values())
