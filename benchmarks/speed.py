@@ -138,7 +138,7 @@ def variants(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) 
     if isinstance(default, AutoCPU):
         default.session()  # export (or read the cached export) before timing
         out[f"**default**: {default.path().split(' (')[0]} (whole images)"] = (default, "same")
-    for spinning in (False, True):
+    for spinning in (False, True) if args.ort_spinning else (False,):
         ort_fn = onnx_runner(model, threads, spinning=spinning)
         if ort_fn is not None:
             name = "idle threads spinning (its default)" if spinning else "all graph optimizations, no spinning"
@@ -328,6 +328,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (inductor); slow to build")
+    ap.add_argument("--ort-spinning", action="store_true",
+                    help="also time ONNX Runtime with spinning idle threads (they keep spinning into the next variant's turn)")
     ap.add_argument("--memory-size", default="540x960", help="HxW of the peak-memory forward ('0' skips it)")
     ap.add_argument("--skip", default="", help="comma-separated substrings of variant names to leave out")
     ap.add_argument("--write-docs", action="store_true", help="regenerate docs/performance.md's section and plot")

@@ -317,6 +317,7 @@ def main() -> None:
     if args.command in ("deploy", "all"):
         cmd_deploy()
     if args.command in ("docs", "all"):
+        sys.path.insert(0, str(ROOT))  # run as a script: make the experiments package importable
         from experiments.report import write_docs
 
         write_docs(load_results(), DOC)

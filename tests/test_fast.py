@@ -204,6 +204,18 @@ def test_openvino_engine_equals_pytorch_and_leaves_tiles_to_torch(model, tmp_pat
     assert _diff(tiled, run_model(model, x, tile=48)) <= TOL
 
 
+@pytest.mark.skipif(not fast.openvino_available(), reason="openvino not installed (pip install -e '.[openvino]')")
+def test_openvino_opens_for_the_authors_checkpoint(tmp_path, monkeypatch):
+    # On random noise this model leaves [0, 1] by five orders of magnitude: the check must use a photo.
+    monkeypatch.setenv("REPRFN_CACHE", str(tmp_path))
+    authors = reprfn.load_model(shared_path("weights", "official", "reprfn_ntire_x4.pth"))
+    net = fast.AutoCPU(FastRepRFN(authors), engine="openvino")
+    x = image_batch(1, 50, 64)
+    with torch.inference_mode():
+        assert _diff(net(x), authors(x)) <= TOL
+    assert net.onnx_error is None
+
+
 def test_openvino_disagreement_is_caught_and_falls_back(model, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRFN_CACHE", str(tmp_path))
 
