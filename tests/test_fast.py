@@ -132,7 +132,7 @@ needs_ort = pytest.mark.skipif(not fast.onnxruntime_available(), reason="onnx / 
 @needs_ort
 def test_auto_path_uses_onnxruntime_for_whole_images_and_torch_for_tiles(model, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRFN_CACHE", str(tmp_path))
-    monkeypatch.setenv("REPRFN_OPENVINO", "0")
+    monkeypatch.setenv("REPRFN_ENGINE", "onnxruntime")
     net = accelerate(model, onnx=True)
     assert isinstance(net, fast.AutoCPU) and net.scale == 4 and net.arch == "reprfn"
     x = image_batch(1, 90, 120)
@@ -174,16 +174,23 @@ def test_onnx_can_be_switched_off(model, monkeypatch):
     assert isinstance(accelerate(model), FastRepRFN)
 
 
-def test_engine_choice_openvino_first_then_onnxruntime(model, monkeypatch):
+def test_engine_choice_onnxruntime_first_then_openvino(model, monkeypatch):
     monkeypatch.setenv("REPRFN_ONNX", "1")
+    monkeypatch.delenv("REPRFN_ENGINE", raising=False)
     monkeypatch.setattr(fast, "onnxruntime_available", lambda: True)
     monkeypatch.setattr(fast, "openvino_available", lambda: True)
+    assert accelerate(model).engine == "onnxruntime"
+    monkeypatch.setenv("REPRFN_ENGINE", "openvino")
     assert accelerate(model).engine == "openvino"
-    monkeypatch.setenv("REPRFN_OPENVINO", "0")
+    monkeypatch.setattr(fast, "openvino_available", lambda: False)  # asked for, not installed
     assert accelerate(model).engine == "onnxruntime"
-    monkeypatch.setenv("REPRFN_OPENVINO", "1")
-    monkeypatch.setattr(fast, "openvino_available", lambda: False)
-    assert accelerate(model).engine == "onnxruntime"
+    monkeypatch.delenv("REPRFN_ENGINE")
+    monkeypatch.setattr(fast, "openvino_available", lambda: True)
+    monkeypatch.setattr(fast, "onnxruntime_available", lambda: False)
+    assert accelerate(model).engine == "openvino"
+    monkeypatch.setenv("REPRFN_ENGINE", "tensorrt")
+    with pytest.raises(ValueError, match="REPRFN_ENGINE"):
+        accelerate(model)
     with pytest.raises(ValueError, match="engine"):
         fast.AutoCPU(FastRepRFN(model), engine="tensorrt")
 

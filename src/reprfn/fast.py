@@ -3,13 +3,14 @@
 ``accelerate(model)`` is what ``reprfn upscale`` / ``reprfn.upscale`` run on the CPU by default
 (``backend="auto"``). Two engines, each exact to float rounding (max |diff| <= 1e-5 on photos):
 
-* **OpenVINO** or else **ONNX Runtime** for whole images (``AutoCPU``): the fused model is
-  exported to ONNX once (cached on disk by a digest of its weights) and compiled by OpenVINO's CPU
-  plugin in float32 when ``openvino`` and ``onnx`` are installed (``pip install 'reprfn[openvino]'``;
-  the fastest engine measured here, docs/performance.md), else run by ONNX Runtime with all graph
-  optimizations (NCHWc blocked layout, LeakyReLU and residual adds fused into the convs). Either
-  engine's output is checked against PyTorch when it is opened. ``REPRFN_OPENVINO=0`` leaves
-  OpenVINO out, ``REPRFN_ONNX=0`` both.
+* **ONNX Runtime** or **OpenVINO** for whole images (``AutoCPU``): the fused model is exported to
+  ONNX once (cached on disk by a digest of its weights) and run by ONNX Runtime with all graph
+  optimizations (NCHWc blocked layout, LeakyReLU and residual adds fused into the convs) when
+  ``onnx`` and ``onnxruntime`` are installed, else compiled by OpenVINO's CPU plugin in float32
+  when ``openvino`` is (``pip install 'reprfn[openvino]'``). ``REPRFN_ENGINE=openvino`` or
+  ``onnxruntime`` picks one; both run at this CPU's direct-convolution peak (docs/performance.md),
+  ONNX Runtime with less memory. Either engine's output is checked against PyTorch when it is
+  opened. ``REPRFN_ONNX=0`` leaves both out.
 * **PyTorch** (``FastRepRFN``) for tiles, and for everything when ONNX Runtime is missing or
   fails: the fused RepRFN with activations in channels-last (NHWC) layout, where oneDNN's direct
   3x3 conv runs near the machine's peak; LeakyReLU(0.05) fused into each conv, the global
@@ -442,9 +443,9 @@ def accelerate(model: Any, device: torch.device | str = "cpu", precision: str = 
     """The fastest equal-output way to run ``model`` on ``device``; the model itself if none applies.
 
     CPU and fp32 only. The PyTorch path: RepRFN (either form) becomes ``FastRepRFN``, any other
-    model is run channels-last. With OpenVINO or ONNX Runtime installed (``onnx=None`` means: if
-    one is, and ``REPRFN_ONNX`` is not "0"), whole images go through it (``AutoCPU``; OpenVINO
-    first unless ``REPRFN_OPENVINO=0``) and tiles through the PyTorch path. Already-accelerated and
+    model is run channels-last. With ONNX Runtime or OpenVINO installed (``onnx=None`` means: if
+    one is, and ``REPRFN_ONNX`` is not "0"), whole images go through it (``AutoCPU``; ONNX Runtime
+    first, ``REPRFN_ENGINE`` to choose) and tiles through the PyTorch path. Already-accelerated and
     non-torch models (``OnnxModel``) are returned as they are. Outputs equal the model's to float
     rounding (tests/test_fast.py checks <= 1e-4).
     """
@@ -453,9 +454,21 @@ def accelerate(model: Any, device: torch.device | str = "cpu", precision: str = 
     if isinstance(model, (FastRepRFN, ChannelsLast, AutoCPU)):
         return model
     torch_path = FastRepRFN(model, winograd=winograd) if getattr(model, "arch", "") == "reprfn" else ChannelsLast(model)
-    use_openvino = os.environ.get("REPRFN_OPENVINO", "1") != "0" and openvino_available()
+    engine = choose_engine()
     if onnx is None:
-        onnx = os.environ.get("REPRFN_ONNX", "1") != "0" and (use_openvino or onnxruntime_available())
+        onnx = os.environ.get("REPRFN_ONNX", "1") != "0" and engine is not None
     if not onnx:
         return torch_path
-    return AutoCPU(torch_path, engine="openvino" if use_openvino else "onnxruntime")
+    return AutoCPU(torch_path, engine=engine or "onnxruntime")
+
+
+def choose_engine() -> str | None:
+    """The whole-image engine: ``$REPRFN_ENGINE`` if set and installed, else ONNX Runtime, else
+    OpenVINO, else None (PyTorch only)."""
+    installed = {"onnxruntime": onnxruntime_available(), "openvino": openvino_available()}
+    wanted = os.environ.get("REPRFN_ENGINE", "")
+    if wanted and wanted not in installed:
+        raise ValueError(f"REPRFN_ENGINE={wanted!r}: use 'onnxruntime' or 'openvino'")
+    if wanted and installed[wanted]:
+        return wanted
+    return next((name for name, ok in installed.items() if ok), None)
