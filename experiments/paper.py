@@ -175,22 +175,35 @@ def cmd_train(only: list[str] | None, threads: int) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def cmd_complexity() -> None:
-    """NTIRE-style counts, peak memory and CPU runtime of every trained row, at 3x180x320."""
+def cmd_complexity(rounds: int = 5) -> None:
+    """NTIRE-style counts, peak memory and CPU runtime of every trained row, at 3x180x320.
+
+    Runtimes are interleaved (every model once per round, median over rounds), so that all rows
+    see the same background load.
+    """
     from reprfn.checkpoint import load_model
-    from reprfn.profile import count, peak_memory_mb, runtime
+    from reprfn.profile import count, peak_memory_mb
 
     out: dict[str, Any] = {}
+    models: dict[str, torch.nn.Module] = {}
     names = {n for t in ("table1", "redundancy", "branches") for n in TABLES[t]}  # loss rows: RepRFN's cost
     for name in sorted(names & set(load_results()["runs"])):
-        model = load_model(RUNS_DIR / name / "final_fused.safetensors")
-        c = count(model, "3x180x320")
-        out[name] = {
-            "params": c.params, "macs": c.macs, "activations": c.activations, "convs": c.convs,
-            "peak_memory_mb": round(float(peak_memory_mb(model, "3x180x320")), 1),
-            "runtime_ms": round(runtime(model, "3x180x320", runs=5)["median_ms"], 1),
-            "threads": torch.get_num_threads(),
-        }
+        models[name] = load_model(RUNS_DIR / name / "final_fused.safetensors")
+        c = count(models[name], "3x180x320")
+        out[name] = {"params": c.params, "macs": c.macs, "activations": c.activations, "convs": c.convs,
+                     "peak_memory_mb": round(float(peak_memory_mb(models[name], "3x180x320")), 1)}
+    x = torch.rand(1, 3, 180, 320, generator=torch.Generator().manual_seed(0))
+    times: dict[str, list[float]] = {n: [] for n in models}
+    with torch.inference_mode():
+        for m in models.values():
+            m(x)
+        for _ in range(rounds):
+            for name, m in models.items():
+                t0 = time.perf_counter()
+                m(x)
+                times[name].append((time.perf_counter() - t0) * 1000)
+    for name in models:
+        out[name].update(runtime_ms=round(statistics.median(times[name]), 1), threads=torch.get_num_threads())
         print(name, out[name], flush=True)
     record(lambda results: results.__setitem__("complexity", out))
 

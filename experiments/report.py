@@ -95,7 +95,8 @@ def noise_line(results: dict[str, Any]) -> str:
         values = [r[dataset]["psnr_y"] for r in runs]
         parts.append(f"{label} {' / '.join(f'{v:.2f}' for v in values)} dB "
                      f"(spread {max(values) - min(values):.2f} dB)")
-    return f"RepRFN trained with seeds {', '.join(str(r.get('seed', '?')) for r in runs)}: " + "; ".join(parts) + "."
+    seeds = ", ".join(str(r.get("seed", results["budget"]["seed"])) for r in runs)
+    return f"RepRFN trained with seeds {seeds}: " + "; ".join(parts) + "."
 
 
 def pruning_table(results: dict[str, Any]) -> str:
@@ -114,23 +115,23 @@ def pruning_table(results: dict[str, Any]) -> str:
     return head + table(["conv", "mean drop", *[f"{b}" for b in blocks]], rows)
 
 
+SCHEMES = ["eager, training form (nine branches)", "eager, training form (online fusion)", "eager, deploy form",
+           "TorchScript (frozen)", "ONNX Runtime", "OpenVINO (float32)", "reprfn fast PyTorch path"]
+MODEL_NAMES = {"reprfn": "RepRFN", "rfdn": "RFDN", "imdn": "IMDN"}
+
+
 def deploy_table(results: dict[str, Any]) -> str:
     d = results.get("deploy")
     if not d:
         return "_not measured yet_"
-    schemes: list[str] = []
-    models: list[str] = []
-    for key in d["median_ms"]:
-        m, s = key.split("|")
-        if s not in schemes:
-            schemes.append(s)
-        if m not in models:
-            models.append(m)
-    rows = [[s, *[f"{d['median_ms'][f'{m}|{s}']:.0f}" if f"{m}|{s}" in d["median_ms"] else "-" for m in models]]
-            for s in schemes]
+    ms = d["median_ms"]
+    models = [m for m in MODEL_NAMES if any(k.startswith(f"{m}|") for k in ms)]
+    schemes = [s for s in SCHEMES if any(k.endswith(f"|{s}") for k in ms)]
+    schemes += sorted({k.split("|", 1)[1] for k in ms} - set(schemes))
+    rows = [[s, *[f"{ms[f'{m}|{s}']:.0f}" if f"{m}|{s}" in ms else "-" for m in models]] for s in schemes]
     head = (f"Median ms of {d['rounds']} interleaved rounds, input {d['input']} (x4), "
             f"{d['threads']} CPU threads.\n\n")
-    return head + table(["scheme", *[LABELS.get(m, m.upper()) if m != "imdn" else "IMDN" for m in models]], rows)
+    return head + table(["scheme", *[MODEL_NAMES[m] for m in models]], rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,6 +157,8 @@ def plot_table1(results: dict[str, Any], path: Path) -> None:
                 ax.scatter(x, y, s=40, color="#c0392b" if name == "reprfn" else "#2c3e50")
                 ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xlabel(unit)
+        ax.xaxis.set_major_locator(plt.MaxNLocator(4))
+        ax.margins(x=0.25)
         ax.set_ylabel("Set5 PSNR-Y (dB), x4")
         ax.grid(alpha=0.3)
     fig.suptitle("Residual learning vs information distillation (one reduced budget)", fontsize=10)
@@ -180,6 +183,8 @@ def plot_pruning(results: dict[str, Any], path: Path) -> None:
     colors = ["#2980b9" if "esa" in c else ("#27ae60" if "_d" in c or c.endswith("c5") else "#7f8c8d")
               for c, _ in ranked]
     ax.barh([c for c, _ in ranked], means, color=colors)
+    for i, m in enumerate(means):
+        ax.annotate(f"{m:.3f}", (max(m, 0), i), textcoords="offset points", xytext=(3, -3), fontsize=7)
     ax.set_xlabel(f"Set5 PSNR drop (dB) when {p['fraction']:.0%} of one conv's filters are pruned")
     ax.set_title("RFDB pruning sensitivity (mean over blocks; blue: ESA, green: 1x1 distillation/fusion)", fontsize=9)
     ax.grid(axis="x", alpha=0.3)

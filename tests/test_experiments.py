@@ -56,7 +56,7 @@ def test_write_docs_fills_every_table_from_the_results(tmp_path):
     assert "| RFN-RFB3 (both) | 400,000 | 22.00 | 70.00 | 39 | 300.0 | 250.0 |" in text
     assert "| `esa.conv3` | 0.750 | 0.500 | 1.000 |" in text  # ranked first: the largest mean drop
     assert text.index("`esa.conv3`") < text.index("`c1_d`")
-    assert "| eager, deploy form | 300 | 600 |" in text
+    assert "| eager, deploy form | 300 | 600 |" in text and "| scheme | RepRFN | RFDN |" in text
     assert "RepRFN trained with seeds" in text and "spread 0." in text
     assert (tmp_path / "experiments_table1.png").stat().st_size > 10_000
     assert (tmp_path / "experiments_pruning.png").stat().st_size > 5_000
