@@ -9,8 +9,8 @@
   ``onnx`` and ``onnxruntime`` are installed, else compiled by OpenVINO's CPU plugin in float32
   when ``openvino`` is (``pip install 'reprfn[openvino]'``). ``REPRFN_ENGINE=openvino`` or
   ``onnxruntime`` picks one; both run at this CPU's direct-convolution peak (docs/performance.md),
-  ONNX Runtime with less memory. Either engine's output is checked against PyTorch when it is
-  opened. ``REPRFN_ONNX=0`` leaves both out.
+  ONNX Runtime with less memory. The export is checked against PyTorch in ONNX Runtime when it
+  is made, and OpenVINO's compiled model again when it is opened. ``REPRFN_ONNX=0`` leaves both out.
 * **PyTorch** (``FastRepRFN``) for tiles, and for everything when ONNX Runtime is missing or
   fails: the fused RepRFN with activations in channels-last (NHWC) layout, where oneDNN's direct
   3x3 conv runs near the machine's peak; LeakyReLU(0.05) fused into each conv, the global
