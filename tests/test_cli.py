@@ -47,6 +47,22 @@ def test_fuse(train_ckpt, tmp_path, capsys):
         assert (fused(x) - model.eval()(x)).abs().max() <= 1e-5
 
 
+def test_fuse_stores_extra_metadata_and_keeps_reserved_keys(train_ckpt, tmp_path, capsys):
+    from reprfn.checkpoint import read_state_dict
+
+    path, _ = train_ckpt
+    out = tmp_path / "fused.safetensors"
+    assert main(["fuse", str(path), str(out), "--meta", "training=1,000 iterations, x=y", "--meta", "status=test"]) == 0
+    _, meta = read_state_dict(out)
+    assert meta["training"] == "1,000 iterations, x=y" and meta["status"] == "test" and meta["form"] == "deploy"
+    for bad, message in (("scale=3", "reserved"), ("novalue", "KEY=VALUE")):
+        capsys.readouterr()
+        assert main(["fuse", str(path), str(tmp_path / "other.safetensors"), "--meta", bad]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+        assert not (tmp_path / "other.safetensors").exists()
+
+
 @pytest.mark.parametrize(
     "argv_tail,content,message",
     [

@@ -58,12 +58,28 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     fused = model.fuse()
     x = torch.linspace(0, 1, 3 * 24 * 20).reshape(1, 3, 24, 20)[:, : model.in_channels]
     diff = (model.double()(x.double()) - fused.double()(x.double())).abs().max().item()
-    out = save_model(fused.float(), args.output)
+    out = save_model(fused.float(), args.output, extra=_metadata_args(args.meta, fused))
     before = sum(p.numel() for p in model.parameters())
     after = sum(p.numel() for p in fused.parameters())
     print(f"{out}: {fused.arch} x{fused.scale} deploy form, {before:,} -> {after:,} params, "
           f"max |fused - train| = {diff:.2e} (float64 check)")
     return 0
+
+
+def _metadata_args(items: list[str] | None, model: torch.nn.Module) -> dict[str, str]:
+    """``--meta KEY=VALUE`` pairs (e.g. how a model was trained); the reserved keys stay the model's."""
+    from .checkpoint import metadata_for
+
+    reserved = set(metadata_for(model))
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--meta {item!r}: expected KEY=VALUE")
+        if key in reserved:
+            raise UsageError(f"--meta {key}: reserved (set from the model itself)")
+        out[key] = value
+    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -303,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fuse", help="fold every RepBlock into one 3x3 conv and save the deploy form")
     p.add_argument("weights", metavar="IN", help="checkpoint in any supported layout")
     p.add_argument("output", metavar="OUT", help="output .safetensors file")
+    p.add_argument("--meta", action="append", metavar="KEY=VALUE",
+                   help="extra metadata to store, e.g. --meta training='...' (repeatable)")
     _add_load_flags(p)
     p.set_defaults(func=cmd_fuse)
 
