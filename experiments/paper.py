@@ -1,6 +1,7 @@
 """The paper's experiments at one reduced budget, on the shared data (docs/experiments.md).
 
     python experiments/paper.py train [--only reprfn,rfdn] [--threads 1]   # the training runs
+    python experiments/paper.py complexity     # counts, peak memory, CPU time of the trained rows
     python experiments/paper.py pruning        # one-shot filter pruning of the trained RFDN
     python experiments/paper.py deploy         # runtime of each deployment scheme (quiet machine!)
     python experiments/paper.py docs           # tables and plots into docs/experiments.md
