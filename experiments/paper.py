@@ -176,6 +176,20 @@ def cmd_train(only: list[str] | None, threads: int) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def interleaved_ms(fns: dict[str, Callable], x: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Median ms of each callable on ``x``: one warm-up each, then every callable once per round,
+    so that all of them see the same background load."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():
+        f(x)
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f(x)
+            times[k].append((time.perf_counter() - t0) * 1000)
+    return {k: round(statistics.median(v), 1) for k, v in times.items()}
+
+
 def cmd_complexity(rounds: int = 5) -> None:
     """NTIRE-style counts, peak memory and CPU runtime of every trained row, at 3x180x320.
 
@@ -194,17 +208,10 @@ def cmd_complexity(rounds: int = 5) -> None:
         out[name] = {"params": c.params, "macs": c.macs, "activations": c.activations, "convs": c.convs,
                      "peak_memory_mb": round(float(peak_memory_mb(models[name], "3x180x320")), 1)}
     x = torch.rand(1, 3, 180, 320, generator=torch.Generator().manual_seed(0))
-    times: dict[str, list[float]] = {n: [] for n in models}
     with torch.inference_mode():
-        for m in models.values():
-            m(x)
-        for _ in range(rounds):
-            for name, m in models.items():
-                t0 = time.perf_counter()
-                m(x)
-                times[name].append((time.perf_counter() - t0) * 1000)
+        ms = interleaved_ms(models, x, rounds)
     for name in models:
-        out[name].update(runtime_ms=round(statistics.median(times[name]), 1), threads=torch.get_num_threads())
+        out[name].update(runtime_ms=ms[name], threads=torch.get_num_threads())
         print(name, out[name], flush=True)
     record(lambda results: results.__setitem__("complexity", out))
 
@@ -289,7 +296,6 @@ def cmd_deploy(rounds: int = 5, size: tuple[int, int] = (180, 320)) -> None:
     from reprfn.models import build
 
     x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
-    rows: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as d, torch.inference_mode():
         fns: dict[str, Callable] = {}
         for name in ("reprfn", "rfdn", "imdn"):
@@ -297,15 +303,7 @@ def cmd_deploy(rounds: int = 5, size: tuple[int, int] = (180, 320)) -> None:
             model = load_model(path) if path.is_file() else build(name, scale=4).eval()
             for scheme, f in deploy_variants(name, model, x, Path(d)).items():
                 fns[f"{name}|{scheme}"] = f
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        for f in fns.values():
-            f(x)
-        for _ in range(rounds):
-            for k, f in fns.items():
-                t0 = time.perf_counter()
-                f(x)
-                times[k].append((time.perf_counter() - t0) * 1000)
-        rows = {k: round(statistics.median(v), 1) for k, v in times.items()}
+        rows = interleaved_ms(fns, x, rounds)
     for k, v in rows.items():
         print(f"{k:<60} {v:8.1f} ms")
     record(lambda results: results.__setitem__("deploy", {
