@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import reprfn
+import reprfn.api as api
 import reprfn.fast as fast
+import reprfn.infer as infer
 from reprfn.api import prepare_model
 from reprfn.checkpoint import bundled_weights
 from reprfn.export import image_batch
@@ -209,6 +212,29 @@ def test_openvino_engine_equals_pytorch_and_leaves_tiles_to_torch(model, tmp_pat
     assert _diff(run_model(net, y), run_model(model, y)) <= TOL
     tiled = run_model(net, x, tile=48)  # windows set: PyTorch path, exact
     assert _diff(tiled, run_model(model, x, tile=48)) <= TOL
+
+
+def test_openvino_engine_asks_auto_tile_for_smaller_tiles(model, monkeypatch):
+    """OpenVINO's whole-image peak is ~1.2x PyTorch's: the automatic tile size must know it."""
+    monkeypatch.setattr(infer, "available_memory", lambda device: 200 * 2**20)
+    ort, ov = (fast.AutoCPU(FastRepRFN(model), engine=e) for e in ("onnxruntime", "openvino"))
+    assert infer.model_bytes_per_pixel(ort) == infer.model_bytes_per_pixel(model) == infer.BYTES_PER_PIXEL
+    assert infer.model_bytes_per_pixel(ov) == infer.OPENVINO_BYTES_PER_PIXEL > infer.BYTES_PER_PIXEL
+    sizes = [infer.auto_tile(2000, 3000, torch.device("cpu"), bytes_per_pixel=infer.model_bytes_per_pixel(n))
+             for n in (ort, ov)]
+    assert 0 < sizes[1] < sizes[0]
+    seen = []
+
+    def record_tile(net, x, tile, **kw):
+        seen.append(tile)
+        return F.interpolate(x, scale_factor=4)
+
+    monkeypatch.setattr(api, "run_model", record_tile)
+    for net in (ort, ov):  # reprfn.upscale's own choice, without running a model
+        api.upscale_pixels(net, np.zeros((2000, 3000, 3), np.uint8))
+    assert seen == sizes
+    ov.onnx_error = "could not open"  # fell back to PyTorch: PyTorch's figure again
+    assert infer.model_bytes_per_pixel(ov) == infer.BYTES_PER_PIXEL
 
 
 @pytest.mark.skipif(not fast.openvino_available(), reason="openvino not installed (pip install -e '.[openvino]')")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .checkpoint import bundled_weights, load_model
-from .infer import DEFAULT_PAD, Precision, auto_tile, run_model
+from .infer import DEFAULT_PAD, Precision, auto_tile, model_bytes_per_pixel, run_model
 from .io import IMAGE_SUFFIXES, Picture, load_picture, save_picture
 from .resize import imresize
 
@@ -93,7 +93,7 @@ def upscale_pixels(model: nn.Module, pixels: np.ndarray, *, tile: int | str = "a
     elif x.shape[1] != channels:
         raise ValueError(f"a {x.shape[1]}-channel image for a model of {channels} input channels")
     if tile == "auto":
-        tile = auto_tile(x.shape[-2], x.shape[-1], device)
+        tile = auto_tile(x.shape[-2], x.shape[-1], device, bytes_per_pixel=model_bytes_per_pixel(model))
     y = run_model(model, x, tile=int(tile), pad=pad, device=device, precision=precision)[0]
     if pixels.ndim == 2:
         y = y.mean(dim=0)
@@ -161,7 +161,7 @@ def _upscale_tensor(net: nn.Module, image: torch.Tensor, **kw: Any) -> torch.Ten
     batch = image if image.dim() == 4 else image[None]
     tile = kw.pop("tile")
     if tile == "auto":
-        tile = auto_tile(batch.shape[-2], batch.shape[-1], kw["device"])
+        tile = auto_tile(batch.shape[-2], batch.shape[-1], kw["device"], bytes_per_pixel=model_bytes_per_pixel(net))
     out = run_model(net, batch.detach().float().cpu(), tile=int(tile), **kw).to(image.dtype)
     return out if image.dim() == 4 else out[0]
 

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .infer import BYTES_PER_PIXEL, OPENVINO_BYTES_PER_PIXEL
 from .models.blocks import LRELU_SLOPE, ESA, upsample_in_window
 
 CL = torch.channels_last
@@ -413,6 +414,11 @@ class AutoCPU(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self._modules["torch_path"], name)
+
+    @property
+    def bytes_per_pixel(self) -> int:
+        """Peak memory per LR pixel of a whole image (``infer.auto_tile``): OpenVINO's is higher."""
+        return OPENVINO_BYTES_PER_PIXEL if self.engine == "openvino" and self.onnx_error is None else BYTES_PER_PIXEL
 
     def path(self) -> str:
         name = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}[self.engine]

@@ -37,6 +37,7 @@ from .models.blocks import ESA, ESA_MIN_SIZE, ESA_STRIDE
 DEFAULT_PAD = 48  # LR pixels of context on each side of a tile (a multiple of ESA_STRIDE)
 MIN_TILE = 48
 BYTES_PER_PIXEL = 1_500  # peak memory per LR pixel, fused RepRFN x4, fp32, CPU: 1.4 KB measured (benchmarks/upscale_memory.py)
+OPENVINO_BYTES_PER_PIXEL = 1_800  # the same through OpenVINO: 898 MB at 3x540x960, 1.7 KB measured
 Precision = Literal["fp32", "bf16", "fp16"]
 
 
@@ -61,12 +62,21 @@ def available_memory(device: torch.device) -> int:
 
 def auto_tile(height: int, width: int, device: torch.device, fraction: float = 0.25,
               bytes_per_pixel: int = BYTES_PER_PIXEL) -> int:
-    """A tile size (LR pixels) whose forward fits in ``fraction`` of free memory; 0 = no tiling."""
+    """A tile size (LR pixels) whose forward fits in ``fraction`` of free memory; 0 = no tiling.
+
+    ``bytes_per_pixel``: the peak memory of a forward per LR pixel; a model that runs through an
+    engine hungrier than PyTorch says so with a ``bytes_per_pixel`` attribute (``model_bytes_per_pixel``).
+    """
     budget = available_memory(device) * fraction
     if height * width * bytes_per_pixel <= budget:
         return 0
     side = int(math.sqrt(budget / bytes_per_pixel)) - 2 * DEFAULT_PAD
     return max(MIN_TILE, side // ESA_STRIDE * ESA_STRIDE)
+
+
+def model_bytes_per_pixel(model: nn.Module) -> int:
+    """What a whole-image forward of ``model`` needs per LR pixel: its own figure, else PyTorch's."""
+    return int(getattr(model, "bytes_per_pixel", BYTES_PER_PIXEL))
 
 
 @contextmanager
