@@ -19,6 +19,7 @@ from .checkpoint import bundled_weights, load_model
 from .infer import DEFAULT_PAD, Precision, auto_tile, model_bytes_per_pixel, run_model
 from .io import IMAGE_SUFFIXES, Picture, load_picture, save_picture
 from .resize import imresize
+from .errors import UsageError
 
 ModelLike = Union[None, str, os.PathLike, nn.Module]
 Backend = Literal["auto", "torch", "onnxruntime"]
@@ -29,7 +30,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA device is available")
+        raise UsageError("--device cuda was asked for, but no CUDA device is available")
     return device
 
 
@@ -40,7 +41,7 @@ def resolve_model(model: ModelLike, scale: int | None, device: torch.device) -> 
     if isinstance(model, (str, os.PathLike)):
         return load_model(model, scale=scale, device=device)
     if scale is not None and getattr(model, "scale", scale) != scale:
-        raise ValueError(f"the model upscales x{model.scale}, but x{scale} was asked for")
+        raise UsageError(f"the model upscales x{model.scale}, but x{scale} was asked for")
     return model
 
 
@@ -61,9 +62,9 @@ def prepare_model(model: Any, device: torch.device, precision: Precision = "fp32
         from .export import onnx_model_for
 
         if device.type != "cpu":
-            raise ValueError("the onnxruntime backend runs on the CPU: use device='cpu'")
+            raise UsageError("the onnxruntime backend runs on the CPU: use device='cpu'")
         return onnx_model_for(model)
-    raise ValueError(f"unknown backend {backend!r}; use 'auto', 'torch' or 'onnxruntime'")
+    raise UsageError(f"unknown backend {backend!r}; use 'auto', 'torch' or 'onnxruntime'")
 
 
 def _max_value(dtype: np.dtype) -> float:
@@ -91,7 +92,7 @@ def upscale_pixels(model: nn.Module, pixels: np.ndarray, *, tile: int | str = "a
     if x.shape[1] == 1 and channels == 3:
         x = x.expand(-1, 3, -1, -1)
     elif x.shape[1] != channels:
-        raise ValueError(f"a {x.shape[1]}-channel image for a model of {channels} input channels")
+        raise UsageError(f"a {x.shape[1]}-channel image for a model of {channels} input channels")
     if tile == "auto":
         tile = auto_tile(x.shape[-2], x.shape[-1], device, bytes_per_pixel=model_bytes_per_pixel(model))
     y = run_model(model, x, tile=int(tile), pad=pad, device=device, precision=precision)[0]
@@ -152,12 +153,12 @@ def _upscale_array(net: nn.Module, image: np.ndarray, **kw: Any) -> np.ndarray:
         return np.concatenate([colour, pic.alpha[..., None]], axis=2)
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3):
         return upscale_pixels(net, image, **kw)
-    raise ValueError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
+    raise UsageError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
 
 
 def _upscale_tensor(net: nn.Module, image: torch.Tensor, **kw: Any) -> torch.Tensor:
     if not torch.is_floating_point(image) or image.dim() not in (3, 4):
-        raise ValueError("tensors must be float (C, H, W) or (N, C, H, W) in [0, 1]")
+        raise UsageError("tensors must be float (C, H, W) or (N, C, H, W) in [0, 1]")
     batch = image if image.dim() == 4 else image[None]
     tile = kw.pop("tile")
     if tile == "auto":

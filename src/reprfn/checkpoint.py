@@ -24,15 +24,12 @@ from . import __version__
 from .io import atomic_path
 from .models import SRModel, build, names
 from .models.rep import EDGE_KERNELS
+from .errors import CheckpointError
 
 FORMAT = "reprfn"
 WRAPPER_KEYS = ("params_ema", "params", "ema", "state_dict", "model")  # first found wins
 DEFAULT_DATA_RANGE = {"rfdn": 255.0}  # the NTIRE baseline RFDN works on 0..255; everything else 0..1
 INT_FIELDS = ("scale", "in_channels", "channels", "blocks", "esa_channels")
-
-
-class CheckpointError(ValueError):
-    """A file that cannot be used as a model; the message is one line naming the file."""
 
 
 @dataclass

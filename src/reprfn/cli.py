@@ -17,12 +17,9 @@ from .checkpoint import CheckpointError, describe, load_model, save_model
 from .evaluate import Bicubic, DatasetResult, evaluate_dataset, output_names
 from .io import atomic_path
 from .models import build, names
+from .errors import ReprfnError, UsageError, one_line
 
 EXIT_ERROR = 2
-
-
-class UsageError(ValueError):
-    """A bad argument or input that the user can fix; printed as one line."""
 
 
 def _add_load_flags(p: argparse.ArgumentParser) -> None:
@@ -220,8 +217,10 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             written += 1
             if not args.quiet and len(files) == 1:
                 print(dst)
-        except (ValueError, OSError, RuntimeError) as exc:
-            line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        except Exception as exc:  # the batch goes on with its other files
+            if os.environ.get("REPRFN_DEBUG") and not isinstance(exc, (ReprfnError, OSError)):
+                raise
+            line = user_line(exc)
             errors.append(line)
             tqdm.write(f"reprfn: error: {line if str(src) in line else f'{src}: {line}'}", file=sys.stderr)
     if not args.quiet and len(files) > 1:
@@ -407,12 +406,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_line(exc: BaseException) -> str:
+    """One line for ``exc``: the message of an error the user can fix, else an internal error."""
+    if isinstance(exc, (ReprfnError, OSError)):
+        return one_line(exc)
+    return f"internal error: {type(exc).__name__}: {one_line(exc)} (set REPRFN_DEBUG=1 for a traceback)"
+
+
 def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Call a command; turn expected failures into one line on stderr."""
     try:
         return func(args)
-    except (CheckpointError, UsageError, ValueError, OSError) as exc:
-        print(f"reprfn: error: {exc}", file=sys.stderr)
+    except (ReprfnError, OSError) as exc:
+        print(f"reprfn: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("reprfn: interrupted", file=sys.stderr)

@@ -25,10 +25,7 @@ import torch
 
 from .io import ImageError, list_images, read_image
 from .resize import imresize
-
-
-class DataError(ValueError):
-    """A problem with the training data; one line naming the folder or file."""
+from .errors import DataError
 
 
 @dataclass(frozen=True)

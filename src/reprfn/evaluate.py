@@ -22,6 +22,7 @@ from .infer import run_model
 from .io import IMAGE_SUFFIXES, ImageError, list_images, read_image, to_tensor, to_uint8, write_png
 from .metrics import psnr, ssim
 from .resize import imresize
+from .errors import UsageError
 
 Forward = Callable[[Tensor], Tensor]
 
@@ -76,13 +77,13 @@ def super_resolve(model: nn.Module, lr: np.ndarray, *, self_ensemble: bool = Fal
     (seamless: equal to the whole image to float noise for RepRFN and RFDN).
     """
     if tile is not None and tile < 1:
-        raise ValueError(f"tile must be a positive number of pixels, got {tile}")
+        raise UsageError(f"tile must be a positive number of pixels, got {tile}")
     x = to_tensor(lr).to(_device(model))
     channels = getattr(model, "in_channels", None) or x.shape[1]  # None: any (bicubic)
     if x.shape[1] == 1 and channels == 3:
         x = x.expand(-1, 3, -1, -1)
     elif x.shape[1] != channels:
-        raise ValueError(f"a {x.shape[1]}-channel image for a model of {channels} input channels")
+        raise UsageError(f"a {x.shape[1]}-channel image for a model of {channels} input channels")
 
     def forward(t: Tensor) -> Tensor:
         return run_model(model, t, tile=tile or 0, device=x.device)

@@ -33,6 +33,8 @@ from . import __version__
 from .checkpoint import metadata_for
 from .io import atomic_path
 
+from .errors import ExportError, UsageError
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 DEFAULT_OPSET = 17
@@ -43,13 +45,6 @@ TRACE_SIZE = (32, 32)  # the input size used for tracing; never one of the check
 # Checked (batch, height, width): odd, non-square, not the traced size; the second has batch 2.
 CHECK_SHAPES = ((1, 61, 47), (2, 37, 53))
 INSTALL_HINT = "pip install 'reprfn[onnx]'"
-
-
-class ExportError(RuntimeError, ValueError):
-    """An export or ONNX model that cannot be used; the message is one line.
-
-    A ``RuntimeError``; also a ``ValueError`` so that ``cli.run`` reports it as a one-line error.
-    """
 
 
 @dataclass
@@ -354,7 +349,7 @@ class OnnxModel:
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected a (N, {self.in_channels}, H, W) tensor, got {tuple(x.shape)}")
+            raise UsageError(f"expected a (N, {self.in_channels}, H, W) tensor, got {tuple(x.shape)}")
         arr = x.detach().to("cpu", torch.float32).contiguous().numpy().astype(self._input_dtype, copy=False)
         out = self.session.run(None, {self._input_name: arr})[0]
         return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)

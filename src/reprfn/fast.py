@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from .infer import BYTES_PER_PIXEL, OPENVINO_BYTES_PER_PIXEL
 from .models.blocks import LRELU_SLOPE, ESA, upsample_in_window
+from .errors import UsageError
 
 CL = torch.channels_last
 
@@ -474,7 +475,7 @@ def choose_engine() -> str | None:
     installed = {"onnxruntime": onnxruntime_available(), "openvino": openvino_available()}
     wanted = os.environ.get("REPRFN_ENGINE", "")
     if wanted and wanted not in installed:
-        raise ValueError(f"REPRFN_ENGINE={wanted!r}: use 'onnxruntime' or 'openvino'")
+        raise UsageError(f"REPRFN_ENGINE={wanted!r}: use 'onnxruntime' or 'openvino'")
     if wanted and installed[wanted]:
         return wanted
     return next((name for name, ok in installed.items() if ok), None)

@@ -27,13 +27,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ImageError, UsageError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 GREY_MODES = ("1", "L", "LA", "La")
 SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
-
-
-class ImageError(ValueError):
-    """A file that cannot be used as an image; the message is one line naming the file."""
 
 
 def _reason(exc: Exception) -> str:
@@ -103,7 +101,7 @@ def to_uint8(tensor: torch.Tensor) -> np.ndarray:
     t = tensor.detach()
     if t.dim() == 4:
         if t.shape[0] != 1:
-            raise ValueError(f"expected one image, got a batch of {t.shape[0]}")
+            raise UsageError(f"expected one image, got a batch of {t.shape[0]}")
         t = t[0]
     arr = t.float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy().transpose(1, 2, 0)
     return np.ascontiguousarray(arr[..., 0] if arr.shape[2] == 1 else arr)
@@ -215,7 +213,7 @@ def load_picture(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MA
 def _check_max_pixels(max_pixels: int | None) -> None:
     if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int)
                                    or max_pixels < 1):
-        raise ValueError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
+        raise UsageError(f"max_pixels must be a positive integer or None, got {max_pixels!r}")
 
 
 @contextmanager
@@ -552,7 +550,7 @@ def output_format(input_format: str, ext: str = "auto") -> str:
         return _FORMAT_SUFFIXES.get(fmt, ".png")
     suffix = ext.lower() if ext.startswith(".") else "." + ext.lower()
     if suffix not in _SUFFIX_FORMATS:
-        raise ValueError(
+        raise UsageError(
             f"unknown output format {ext!r}: use auto, png, jpg, jpeg, webp, bmp, tif or tiff"
         )
     return suffix
@@ -575,7 +573,7 @@ def save_picture(pic: Picture, path: str | os.PathLike, *, quality: int = 95) ->
                          "(use .png, .jpg, .jpeg, .webp, .bmp, .tif or .tiff)")
     _check_picture(pic)
     if not (isinstance(quality, int) and 1 <= quality <= 100):
-        raise ValueError(f"quality must be an integer in 1..100, got {quality!r}")
+        raise UsageError(f"quality must be an integer in 1..100, got {quality!r}")
     pixels, alpha = _for_format(pic.pixels, pic.alpha, fmt)
     icc = pic.icc_profile if _icc_fits(pic.icc_profile, pixels) else None
     exif = pic.exif or None
@@ -595,12 +593,12 @@ def _check_picture(pic: Picture) -> None:
     """Programming errors (wrong shapes or dtypes) are ValueErrors before any file is touched."""
     px, alpha = pic.pixels, pic.alpha
     if not isinstance(px, np.ndarray) or px.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"pixels must be a uint8 or uint16 array, got {getattr(px, 'dtype', type(px))}")
+        raise UsageError(f"pixels must be a uint8 or uint16 array, got {getattr(px, 'dtype', type(px))}")
     if not (px.ndim == 2 or (px.ndim == 3 and px.shape[2] == 3)) or px.shape[0] < 1 or px.shape[1] < 1:
-        raise ValueError(f"pixels must be HxW or HxWx3, got shape {px.shape}")
+        raise UsageError(f"pixels must be HxW or HxWx3, got shape {px.shape}")
     if alpha is not None and (not isinstance(alpha, np.ndarray) or alpha.dtype != px.dtype
                               or alpha.shape != px.shape[:2]):
-        raise ValueError("alpha must be an HxW array of the same dtype as pixels")
+        raise UsageError("alpha must be an HxW array of the same dtype as pixels")
 
 
 def _to_8bit16(arr: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from .errors import ConfigError
 
 CHARBONNIER_EPS2 = 1e-6
 
@@ -49,10 +50,10 @@ class WeightedLoss(nn.Module):
         super().__init__()
         unknown = sorted(set(weights) - set(LOSSES))
         if unknown:
-            raise ValueError(f"unknown loss {unknown[0]!r}; choose from {', '.join(LOSSES)}")
+            raise ConfigError(f"unknown loss {unknown[0]!r}; choose from {', '.join(LOSSES)}")
         self.weights = {k: float(v) for k, v in weights.items() if float(v) != 0.0}
         if not self.weights:
-            raise ValueError("the loss has no term with a non-zero weight")
+            raise ConfigError("the loss has no term with a non-zero weight")
 
     def forward(self, sr: Tensor, hr: Tensor) -> Tensor:
         sr = sr.float()

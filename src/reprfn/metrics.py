@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from .errors import UsageError
 
 Y_COEFFS = np.array([65.481, 128.553, 24.966]) / 255.0
 
@@ -25,12 +26,12 @@ def rgb_to_y(img: np.ndarray) -> np.ndarray:
         return img[..., 0]
     if img.ndim == 2:
         return img
-    raise ValueError(f"expected an HxW, HxWx1 or HxWx3 image, got shape {img.shape}")
+    raise UsageError(f"expected an HxW, HxWx1 or HxWx3 image, got shape {img.shape}")
 
 
 def _prepare(img: np.ndarray, ref: np.ndarray, crop_border: int, test_y_channel: bool) -> tuple[np.ndarray, np.ndarray]:
     if img.shape != ref.shape:
-        raise ValueError(f"image shapes differ: {img.shape} vs {ref.shape}")
+        raise UsageError(f"image shapes differ: {img.shape} vs {ref.shape}")
     img, ref = np.asarray(img, np.float64), np.asarray(ref, np.float64)
     if test_y_channel:
         img, ref = rgb_to_y(img), rgb_to_y(ref)
@@ -38,7 +39,7 @@ def _prepare(img: np.ndarray, ref: np.ndarray, crop_border: int, test_y_channel:
         img = img[crop_border:-crop_border, crop_border:-crop_border]
         ref = ref[crop_border:-crop_border, crop_border:-crop_border]
     if img.size == 0:
-        raise ValueError(f"nothing left after cropping {crop_border} border pixels")
+        raise UsageError(f"nothing left after cropping {crop_border} border pixels")
     return img, ref
 
 
@@ -67,7 +68,7 @@ def _ssim_single(img: np.ndarray, ref: np.ndarray) -> float:
     x = torch.from_numpy(np.ascontiguousarray(img)).view(1, 1, *img.shape)
     y = torch.from_numpy(np.ascontiguousarray(ref)).view(1, 1, *ref.shape)
     if min(img.shape) < 11:
-        raise ValueError(f"image of {img.shape[0]}x{img.shape[1]} is smaller than the 11x11 SSIM window")
+        raise UsageError(f"image of {img.shape[0]}x{img.shape[1]} is smaller than the 11x11 SSIM window")
     mu_x, mu_y = _filter(x, g), _filter(y, g)
     sxx = _filter(x * x, g) - mu_x**2
     syy = _filter(y * y, g) - mu_y**2

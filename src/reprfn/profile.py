@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+from .errors import UsageError
 
 COUNTER = "NTIRE ESR model_summary.py conventions: conv MACs without bias + ReLU-family output elements"
 RELU_FAMILY = {"relu", "relu_", "leaky_relu", "leaky_relu_", "_prelu_kernel", "prelu", "elu", "elu_",
@@ -138,9 +139,9 @@ def parse_input(text: str | tuple[int, ...]) -> tuple[int, ...]:
     try:
         dims = tuple(int(v) for v in str(text).lower().split("x"))
     except ValueError:
-        raise ValueError(f"--input takes CxHxW such as 3x180x320, got {text!r}") from None
+        raise UsageError(f"--input takes CxHxW such as 3x180x320, got {text!r}") from None
     if len(dims) not in (3, 4) or min(dims) < 1:
-        raise ValueError(f"--input takes CxHxW such as 3x180x320, got {text!r}")
+        raise UsageError(f"--input takes CxHxW such as 3x180x320, got {text!r}")
     return dims
 
 

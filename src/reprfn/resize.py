@@ -24,6 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from .errors import UsageError
 
 KERNEL_WIDTH = 4.0
 
@@ -78,7 +79,7 @@ def _resize_axis(img: np.ndarray, axis: int, out_length: int, scale: float, roun
 def _scales(scale: float | tuple[float, float]) -> tuple[float, float]:
     sh, sw = (scale, scale) if np.isscalar(scale) else scale
     if sh <= 0 or sw <= 0:
-        raise ValueError(f"scale must be positive, got {scale}")
+        raise UsageError(f"scale must be positive, got {scale}")
     return float(sh), float(sw)
 
 
@@ -89,7 +90,7 @@ def imresize(img: np.ndarray, scale: float | tuple[float, float]) -> np.ndarray:
     """
     img = np.asarray(img)
     if img.ndim not in (2, 3) or min(img.shape[:2]) == 0:
-        raise ValueError(f"expected an HxW or HxWxC image, got shape {img.shape}")
+        raise UsageError(f"expected an HxW or HxWxC image, got shape {img.shape}")
     is_uint8 = img.dtype == np.uint8
     if not is_uint8 and not np.issubdtype(img.dtype, np.floating):
         raise TypeError(f"imresize takes uint8 or float images, got {img.dtype}")

@@ -34,6 +34,8 @@ from .data import DataError, PatchSampler, decode_training_set
 from .io import atomic_path
 from .losses import WeightedLoss
 from .models import SRModel, build, set_mode
+from .models.rep import absorb_deploy_state
+from .errors import CheckpointError, ConfigError, TrainingError
 
 DEFAULTS: dict[str, Any] = {
     "seed": 0,
@@ -43,17 +45,14 @@ DEFAULTS: dict[str, Any] = {
     "val": {"dir": None, "every": 1000, "max_images": 0},
     "train": {
         "iters": 500_000, "batch_size": 64, "patch_size": 192,
-        "lr": 5e-4, "lr_step": 200_000, "lr_gamma": 0.5, "betas": [0.9, 0.999], "eps": 1e-8,
+        "lr": 5e-4, "lr_schedule": "step", "lr_step": 200_000, "lr_gamma": 0.5, "lr_min": 0.0,
+        "betas": [0.9, 0.999], "eps": 1e-8,
         "grad_clip": 0.0, "ema": 0.0, "checkpoint_every": 1000, "log_every": 100,
         "amp": "none", "channels_last": False, "device": "auto", "threads": 0,
     },
     "loss": {"charbonnier": 0.9, "fft": 0.1},
 }
 OPEN_SECTIONS = {"loss"}  # keys checked by their consumer (the loss names)
-
-
-class TrainingError(ValueError):
-    """A run that cannot go on: one line saying why (and what was kept)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -69,10 +68,10 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any], prefix: str = ""
         if prefix.rstrip(".") in OPEN_SECTIONS:
             out[key] = value
         elif key not in base:
-            raise ValueError(f"unknown config key {name!r}")
+            raise ConfigError(f"unknown config key {name!r}")
         elif isinstance(base[key], dict):
             if not isinstance(value, Mapping):
-                raise ValueError(f"config key {name!r} must be a mapping")
+                raise ConfigError(f"config key {name!r} must be a mapping")
             out[key] = merge(base[key], value, f"{name}.")
         else:
             out[key] = value
@@ -85,7 +84,7 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         node = out
         *parents, leaf = key.split(".")
         for part in parents:
@@ -100,11 +99,11 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
         try:
             user = yaml.safe_load(Path(path).read_text()) or {}
         except FileNotFoundError:
-            raise ValueError(f"{path}: config file not found") from None
+            raise ConfigError(f"{path}: config file not found") from None
         except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(user, Mapping):
-            raise ValueError(f"{path}: a config must be a YAML mapping")
+            raise ConfigError(f"{path}: a config must be a YAML mapping")
     cfg = merge(DEFAULTS, user)
     cfg = merge(cfg, parse_set(overrides))
     if isinstance(cfg["data"]["train"], (str, os.PathLike)):
@@ -143,7 +142,7 @@ def resolve_device(name: str, dist: Dist) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("train.device is cuda but no CUDA device is available")
+            raise ConfigError("train.device is cuda but no CUDA device is available")
         return torch.device("cuda", dist.local_rank)
     return torch.device(name)
 
@@ -193,14 +192,36 @@ def build_model(cfg: Mapping[str, Any]) -> SRModel:
     return model
 
 
+def make_scheduler(optimizer: torch.optim.Optimizer, t: Mapping[str, Any]) -> torch.optim.lr_scheduler.LRScheduler:
+    """``train.lr_schedule``: ``step`` (halve every ``lr_step``, the paper's) or ``cosine`` (from
+    ``lr`` down to ``lr_min`` at ``iters``, one smooth decay for a continuation stage)."""
+    if t["lr_schedule"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t["iters"], eta_min=t["lr_min"])
+    if t["lr_schedule"] == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=t["lr_step"], gamma=t["lr_gamma"])
+    raise ConfigError(f"train.lr_schedule must be 'step' or 'cosine', got {t['lr_schedule']!r}")
+
+
+def use_channels_last(t: Mapping[str, Any], device: torch.device) -> bool:
+    """Channels-last when asked, and always for bf16 autocast on the CPU: oneDNN's bf16 convs
+    (AVX512-BF16, AMX) run fastest on NHWC (docs/performance.md has the figures)."""
+    return bool(t["channels_last"]) or (t["amp"] == "bf16" and device.type == "cpu")
+
+
 def init_from(model: SRModel, path: str) -> None:
-    """Start from another checkpoint's weights where shapes match (e.g. an x4 body for x2)."""
+    """Start from another checkpoint's weights where shapes match (e.g. an x4 body for x2).
+
+    A deploy-form source (one 3x3 conv per RepBlock) initialises a training-form model too: each
+    RepBlock's plain 3x3 branch absorbs the deploy kernel (``absorb_deploy_state``), so training
+    continues from the same function with all nine branches.
+    """
     source = load_model(path).state_dict()
     own = model.state_dict()
     matched = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
-    if not matched:
-        raise ValueError(f"{path}: no tensor matches the model to train")
     model.load_state_dict(matched, strict=False)
+    absorbed = absorb_deploy_state(model, source)
+    if not matched and not absorbed:
+        raise CheckpointError(f"{path}: no tensor matches the model to train")
 
 
 def validate(model: SRModel, pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> float:
@@ -280,11 +301,12 @@ def train(cfg: Mapping[str, Any], run_dir: str | os.PathLike, *, resume: str | N
     np.random.seed(cfg["seed"])
     torch.manual_seed(cfg["seed"])
     model = build_model(cfg).to(device)
-    if t["channels_last"]:
+    channels_last = use_channels_last(t, device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).requires_grad_(False) if t["ema"] else None
     optimizer = torch.optim.Adam(model.parameters(), lr=t["lr"], betas=tuple(t["betas"]), eps=t["eps"])
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=t["lr_step"], gamma=t["lr_gamma"])
+    scheduler = make_scheduler(optimizer, t)
     criterion = WeightedLoss(cfg["loss"])
     start, best = 0, -math.inf
 
@@ -323,7 +345,7 @@ def train(cfg: Mapping[str, Any], run_dir: str | os.PathLike, *, resume: str | N
         for it, (lr_img, hr_img) in zip(range(start, t["iters"]), loader):
             lr_img = lr_img.to(device, non_blocking=True)
             hr_img = hr_img.to(device, non_blocking=True)
-            if t["channels_last"]:
+            if channels_last:
                 lr_img = lr_img.contiguous(memory_format=torch.channels_last)
             model.train()
             autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
@@ -395,7 +417,7 @@ def _resume_path(run_dir: Path, resume: str | None) -> Path | None:
         return path if path.is_file() else None
     path = Path(resume)
     if not path.is_file():
-        raise ValueError(f"{path}: no checkpoint to resume from")
+        raise TrainingError(f"{path}: no checkpoint to resume from")
     return path
 
 

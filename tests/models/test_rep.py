@@ -12,6 +12,8 @@ from reprfn.models.rep import (
     ConvLReLU,
     EdgeBranch,
     RepBlock,
+    absorb_deploy_state,
+    absorb_kernel,
     fuse_1x1_into_3x3,
     fuse_edge_branch,
     identity_kernel,
@@ -146,3 +148,29 @@ def test_repblock_rejects_unknown_mode():
     block = RepBlock(4, 4, mode="fast")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown RepBlock mode"):
         block(torch.zeros(1, 4, 3, 3))
+
+
+def test_absorb_kernel_sets_the_fused_kernel_exactly():
+    torch.manual_seed(3)
+    block = RepBlock(6, 6).double()
+    kernel, bias = torch.randn(6, 6, 3, 3, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    absorb_kernel(block, kernel, bias)
+    got_kernel, got_bias = block.kernel_bias()
+    torch.testing.assert_close(got_kernel, kernel, rtol=0, atol=1e-12)
+    torch.testing.assert_close(got_bias, bias, rtol=0, atol=1e-12)
+
+
+def test_deploy_model_continues_in_training_form_with_the_same_function():
+    from reprfn.models import build
+
+    torch.manual_seed(0)
+    deploy = build("reprfn", scale=2, channels=8, blocks=2).fuse().double()
+    for p in deploy.parameters():  # a trained-looking deploy model, unlike any fresh training form
+        p.data.add_(0.05 * torch.randn_like(p))
+    train_form = build("reprfn", scale=2, channels=8, blocks=2).double()
+    state = deploy.state_dict()
+    train_form.load_state_dict({k: v for k, v in state.items() if k in train_form.state_dict()}, strict=False)
+    names = absorb_deploy_state(train_form, state)
+    assert len(names) == sum(isinstance(m, RepBlock) for m in train_form.modules()) > 0
+    x = torch.rand(1, 3, 37, 29, dtype=torch.float64)
+    torch.testing.assert_close(train_form(x), deploy(x), rtol=0, atol=1e-10)

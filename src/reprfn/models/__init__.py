@@ -10,6 +10,7 @@ from .imdn import IMDN
 from .rep import ConvLReLU, RepBlock, fuse, set_mode
 from .reprfn import RFN, RepRFN
 from .rfdn import RFDN
+from ..errors import UsageError
 
 REGISTRY: dict[str, Callable[..., SRModel]] = {
     **{name: partial(RepRFN, variant=name) for name in RepRFN.VARIANTS},
@@ -32,11 +33,11 @@ def build(name: str, scale: int = 4, **kw: Any) -> SRModel:
     in checkpoints.
     """
     if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(REGISTRY)}")
+        raise UsageError(f"unknown model {name!r}; choose from {', '.join(REGISTRY)}")
     form = kw.pop("form", None)
     if form is not None:
         if form not in ("train", "deploy"):
-            raise ValueError(f"unknown form {form!r}; use 'train' or 'deploy'")
+            raise UsageError(f"unknown form {form!r}; use 'train' or 'deploy'")
         if name in RepRFN.VARIANTS:
             kw["deploy"] = form == "deploy"
     return REGISTRY[name](scale=scale, **kw)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from ..errors import UsageError
 
 LRELU_SLOPE = 0.05
 
@@ -121,7 +122,7 @@ class SRModel(nn.Module):
     def __init__(self, *, scale: int, in_channels: int, channels: int, blocks: int) -> None:
         super().__init__()
         if scale not in (1, 2, 3, 4, 8):
-            raise ValueError(f"unsupported scale {scale}; use 2, 3 or 4")
+            raise UsageError(f"unsupported scale {scale}; use 2, 3 or 4")
         self.scale, self.in_channels, self.channels, self.num_blocks = scale, in_channels, channels, blocks
         self.form = "train"
 

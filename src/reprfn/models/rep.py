@@ -231,3 +231,29 @@ def _replace_repblocks(module: nn.Module) -> None:
             setattr(module, name, child.to_deploy())
         else:
             _replace_repblocks(child)
+
+
+@torch.no_grad()
+def absorb_kernel(block: RepBlock, kernel: Tensor, bias: Tensor) -> None:
+    """Shift ``block``'s plain 3x3 branch so that all its branches sum to ``(kernel, bias)``.
+
+    The inverse of ``to_deploy`` for the block's current side branches: a deploy-form network
+    (one 3x3 conv per RepBlock) can so be continued in training form with the same function,
+    the other eight branches keeping their weights. Exact up to float rounding, because the
+    fused kernel is linear in the 3x3 branch.
+    """
+    current_kernel, current_bias = block.kernel_bias()
+    block.conv3x3.weight.add_(kernel.to(current_kernel) - current_kernel)
+    block.conv3x3.bias.add_(bias.to(current_bias) - current_bias)
+
+
+def absorb_deploy_state(model: nn.Module, state: dict[str, Tensor]) -> list[str]:
+    """``absorb_kernel`` for every RepBlock of ``model`` whose deploy conv ``NAME.conv.*`` is in
+    ``state`` (a deploy-form state dict); returns the names of the blocks set."""
+    done = []
+    for name, module in model.named_modules():
+        key = f"{name}.conv" if name else "conv"
+        if isinstance(module, RepBlock) and f"{key}.weight" in state and f"{key}.bias" in state:
+            absorb_kernel(module, state[f"{key}.weight"], state[f"{key}.bias"])
+            done.append(name)
+    return done

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .blocks import ESA, SRModel, conv, lrelu, pixelshuffle_block
 from .rep import ConvLReLU, Mode, RepBlock
+from ..errors import UsageError
 
 
 class RepRFB(nn.Module):
@@ -128,7 +129,7 @@ class RepRFN(RFNet):
         variant: str = "reprfn",
     ) -> None:
         if variant not in self.VARIANTS:
-            raise ValueError(f"unknown RepRFN variant {variant!r}; choose from {', '.join(self.VARIANTS)}")
+            raise UsageError(f"unknown RepRFN variant {variant!r}; choose from {', '.join(self.VARIANTS)}")
         self.arch, self.options = variant, dict(self.VARIANTS[variant])
         deploy = self.options.pop("deploy", deploy)
         self.esa_channels, self.deploy, self.mode = esa_channels, deploy, mode
@@ -154,7 +155,7 @@ class RFN(RFNet):
 
     def __init__(self, variant: str = "rfn-rfb3", **kw) -> None:
         if variant not in self.VARIANTS:
-            raise ValueError(f"unknown RFN variant {variant!r}; choose from {sorted(self.VARIANTS)}")
+            raise UsageError(f"unknown RFN variant {variant!r}; choose from {sorted(self.VARIANTS)}")
         self.arch = variant
         self.local, self.block = self.VARIANTS[variant]
         super().__init__(**kw)
