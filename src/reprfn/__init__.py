@@ -2,8 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .api import upscale  # noqa: E402
+from .api import upscale, upscale_file  # noqa: E402
 from .checkpoint import CheckpointError, load_model, save_model  # noqa: E402
 from .models import build, fuse  # noqa: E402
 
-__all__ = ["CheckpointError", "__version__", "build", "fuse", "load_model", "save_model", "upscale"]
+__all__ = ["CheckpointError", "__version__", "build", "fuse", "load_model", "save_model", "upscale", "upscale_file"]

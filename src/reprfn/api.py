@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Sequence, Union
 
 import numpy as np
 import torch
@@ -20,9 +20,53 @@ from .infer import DEFAULT_PAD, Precision, auto_tile, model_bytes_per_pixel, run
 from .io import IMAGE_SUFFIXES, Picture, load_picture, save_picture
 from .resize import imresize
 from .errors import UsageError
+from .outputs import refuse_collisions
 
 ModelLike = Union[None, str, os.PathLike, nn.Module]
 Backend = Literal["auto", "torch", "onnxruntime"]
+
+
+SCALES = (2, 3, 4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation shared by the API and the command line: both refuse the same values, same words
+# ----------------------------------------------------------------------------------------------
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_scale(scale: Any, name: str = "scale") -> int | None:
+    """2, 3 or 4, or None (the model's own; x4 for the bundled model). Anything else is refused
+    rather than read as "no scale" (``scale=0`` once gave a x4 image)."""
+    if scale is None or (_is_int(scale) and int(scale) in SCALES):
+        return None if scale is None else int(scale)
+    raise UsageError(f"{name} must be 2, 3 or 4, got {scale!r}")
+
+
+def check_tile(tile: Any, name: str = "tile") -> int | str:
+    """"auto" (from free memory), 0 (the whole image) or a tile size in LR pixels; the command
+    line's text ("256") is read as a number."""
+    if tile == "auto":
+        return "auto"
+    if isinstance(tile, str):
+        try:
+            tile = int(tile)
+        except ValueError:
+            pass
+    if not _is_int(tile):
+        raise UsageError(f"{name} takes auto, 0 or a number of pixels, got {tile!r}")
+    if tile < 0:
+        raise UsageError(f"{name} must not be negative, got {tile}")
+    return int(tile)
+
+
+def check_pad(pad: Any, name: str = "pad") -> int:
+    """Context pixels around each tile: 0 or more (a negative pad would crop real pixels away)."""
+    if not _is_int(pad) or pad < 0:
+        raise UsageError(f"{name} must be a number of pixels >= 0, got {pad!r}")
+    return int(pad)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -36,6 +80,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def resolve_model(model: ModelLike, scale: int | None, device: torch.device) -> nn.Module:
     """The bundled model for ``scale`` (None), a checkpoint path, or a model (scale checked)."""
+    scale = check_scale(scale)
     if model is None:
         return load_model(bundled_weights(scale or 4), device=device)
     if isinstance(model, (str, os.PathLike)):
@@ -125,7 +170,11 @@ def upscale(image: Any, scale: int | None = 4, model: ModelLike = None, tile: in
     ``tile``: "auto" (from free memory), 0 (whole image) or a tile size in LR pixels.
     ``backend``: "auto" (the fastest equal-output path: ``reprfn.fast.accelerate`` on the CPU), "torch"
     (the model as it is, eager PyTorch) or "onnxruntime" (CPU; tiles approximate).
+    ``scale``, ``tile`` and ``pad`` are checked as the command line checks them (``check_scale``,
+    ``check_tile``, ``check_pad``), before any model is loaded. A PIL image's EXIF orientation is
+    applied, as for files: the result is upright and carries no orientation tag.
     """
+    tile, pad = check_tile(tile), check_pad(pad)
     dev = resolve_device(device)
     net = prepare_model(resolve_model(model, scale, dev), dev, precision, backend)
     kw = {"tile": tile, "pad": pad, "device": dev, "precision": precision}
@@ -169,9 +218,18 @@ def _upscale_tensor(net: nn.Module, image: torch.Tensor, **kw: Any) -> torch.Ten
 
 def upscale_file(model: nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *,
                  max_pixels: int | None = None, quality: int = 95, **kw: Any) -> Path:
-    """Read ``src``, upscale it, write ``dst`` atomically (no partial file, ever)."""
+    """Read ``src``, upscale it, write ``dst`` atomically (no partial file, ever).
+
+    Refused before any work: ``dst`` being ``src`` (as ``reprfn upscale`` refuses), a bad ``tile``
+    or ``pad`` (as ``reprfn.upscale``).
+    """
     from .io import DEFAULT_MAX_PIXELS
 
+    refuse_collisions([(src, dst)])
+    if "tile" in kw:
+        kw["tile"] = check_tile(kw["tile"])
+    if "pad" in kw:
+        kw["pad"] = check_pad(kw["pad"])
     pic = load_picture(src, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels or None)
     return save_picture(upscale_picture(model, pic, **kw), dst, quality=quality)
 
@@ -206,12 +264,57 @@ def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Pat
     return unique, errors
 
 
-def output_path(src: Path, out: Path, *, single: bool, suffix: str, ext: str) -> Path:
-    """Where the result of ``src`` goes: ``out`` itself for one input named like an image file,
-    else ``out/<stem><suffix><ext>``; ``ext`` "auto" keeps the input's own suffix (format)."""
+def mirrored_folder(src: Path, inputs: Sequence[str]) -> Path:
+    """The sub-folder the output of ``src`` goes to: its folder relative to the first folder input
+    that holds it (``-i photos --recursive``: photos/x/img.png -> OUT/x/img.png), so that equal
+    names in different sub-folders stay apart; "." for files given by name or by a glob."""
+    for item in inputs:
+        root = Path(item)
+        if root.is_dir() and src.is_relative_to(root):
+            return src.parent.relative_to(root)
+    return Path()
+
+
+def _image_extensions() -> set[str]:
+    """Suffixes that name an image file: every format Pillow knows, and a few it may not."""
+    from PIL import Image
+
+    Image.init()
+    return set(Image.registered_extensions()) | {".avif", ".heic", ".heif", ".jxl", ".svg"}
+
+
+def file_output(output: str, *, single: bool, ext: str = "auto") -> bool:
+    """Whether ``-o`` names the output file (True) or a folder to write into (False, created).
+
+    An existing folder, or a name ending in a separator, is a folder. A name with an image
+    extension is a file: it must be one reprfn writes (.png .jpg .jpeg .webp .bmp .tif .tiff),
+    the input must be one image file (``single``), and ``--ext`` (if given) must agree with it.
+    Any other name (``out``, ``run.v2``) is a folder. So ``-o out.gif`` is refused instead of
+    creating a folder called ``out.gif``.
+    """
+    out = Path(output)
+    suffix = out.suffix.lower()
+    if out.is_dir() or output.endswith(("/", os.sep)) or suffix not in _image_extensions():
+        return False
+    if suffix not in IMAGE_SUFFIXES:
+        raise UsageError(f"-o {output}: cannot write {suffix} images; name a .png, .jpg, .jpeg, .webp, "
+                         ".bmp, .tif or .tiff file, or a folder")
+    if not single:
+        raise UsageError(f"-o {output} names one image file, but the input is a folder or several "
+                         "images; name a folder")
+    if ext != "auto" and {".jpeg": ".jpg", ".tiff": ".tif"}.get(suffix, suffix) != f".{ext.lower()}":
+        raise UsageError(f"--ext {ext} contradicts -o {output}; drop one")
+    return True
+
+
+def output_path(src: Path, out: Path, *, single: bool, suffix: str, ext: str,
+                folder: Path = Path()) -> Path:
+    """Where the result of ``src`` goes: ``out`` itself when it names the file (``single``, see
+    ``file_output``), else ``out/<folder>/<stem><suffix><ext>``; ``ext`` "auto" keeps the input's
+    own suffix (format)."""
     from .io import output_format
 
     if single and out.suffix.lower() in IMAGE_SUFFIXES:
         return out
     keep = ext == "auto" and src.suffix.lower() in IMAGE_SUFFIXES
-    return out / f"{src.stem}{suffix}{src.suffix.lower() if keep else output_format('PNG', ext)}"
+    return out / folder / f"{src.stem}{suffix}{src.suffix.lower() if keep else output_format('PNG', ext)}"

@@ -140,6 +140,11 @@ def _eval_json(results: list[tuple[str, DatasetResult]]) -> dict:
     ]}
 
 
+def _save_dir(args: argparse.Namespace, label: str, runs: int, save_name: str) -> Path:
+    """``--save-dir`` of one data set: D/<dataset>, or D/<weights label>/<dataset> for several -w."""
+    return Path(args.save_dir) / (label if runs > 1 else "") / save_name
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .report import Collector, column_labels
 
@@ -147,12 +152,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     runs = [argparse.Namespace(**{**vars(args), "weights": w}) for w in args.weights or [None]]
     models = [_eval_model(one) for one in runs]
     labels = column_labels([one.weights for one in runs])
+    if args.save_dir:  # every file to save is planned before any image is evaluated
+        from .evaluate import load_pairs, saved_file
+        from .outputs import refuse_collisions
+
+        refuse_collisions((pair.hr, saved_file(_save_dir(args, label, len(runs), name), pair))
+                          for label in labels for folder, name in zip(args.dirs, output_names(args.dirs))
+                          for pair in load_pairs(folder, args.scale)[0])
     collector = Collector() if args.report else None
     results: list[tuple[str, DatasetResult]] = []
     for one, model, label in zip(runs, models, labels):
         mine = []
         for folder, save_name in zip(args.dirs, output_names(args.dirs)):
-            save_dir = Path(args.save_dir) / (label if len(runs) > 1 else "") / save_name if args.save_dir else None
+            save_dir = _save_dir(args, label, len(runs), save_name) if args.save_dir else None
             result = evaluate_dataset(
                 model, folder, args.scale, self_ensemble=args.self_ensemble, tile=args.tile,
                 grey_as_rgb=args.grey_as_rgb, save_dir=save_dir,
@@ -185,37 +197,51 @@ def _upscale_model(args: argparse.Namespace, device: torch.device):
     return prepare_model(resolve_model(args.weights, args.scale, device), device, args.precision, args.backend)
 
 
+def _upscale_plan(args: argparse.Namespace, files: list[Path]) -> list[tuple[Path, Path]]:
+    """(input, output) for every file of the batch, refused as a whole (``UsageError``) when ``-o``
+    cannot be used, an output is an input, or two inputs share an output (``refuse_collisions``)."""
+    from .api import file_output, mirrored_folder, output_path
+    from .outputs import refuse_collisions
+
+    single = len(files) == 1 and len(args.inputs) == 1 and not Path(args.inputs[0]).is_dir()
+    as_file = bool(files) and file_output(args.output, single=single, ext=args.ext)
+    plan = [(src, output_path(src, Path(args.output), single=as_file, suffix=args.suffix, ext=args.ext,
+                              folder=mirrored_folder(src, args.inputs))) for src in files]
+    refuse_collisions(plan)
+    return plan
+
+
 def cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .api import collect_inputs, output_path, upscale_file
+    from .api import check_pad, check_tile, collect_inputs, upscale_file
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = _device(args.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    tile = 0 if args.tile == "0" else args.tile if args.tile == "auto" else _positive(args.tile, "--tile")
     files, errors = collect_inputs(args.inputs, args.recursive)
+    try:  # on the full list, before sharding: every torchrun rank refuses the same batches
+        tile, pad = check_tile(args.tile, "--tile"), check_pad(args.tile_pad, "--tile-pad")
+        plan = _upscale_plan(args, files)[rank::world]  # torchrun: each rank takes every world-th file
+    except UsageError:
+        if rank:
+            return EXIT_ERROR  # rank 0 says why
+        raise
     out = Path(args.output)
-    single = len(files) == 1 and len(args.inputs) == 1 and not Path(args.inputs[0]).is_dir()
-    files = files[rank::world]  # torchrun: each rank takes every world-th file
-    model = _upscale_model(args, device) if files else None
-    sources = {f.resolve() for f in files}
+    model = _upscale_model(args, device) if plan else None
     for message in errors if rank == 0 else []:
         print(f"reprfn: error: {message}", file=sys.stderr)
-    bar = tqdm(files, unit="img", disable=args.quiet or len(files) < 2, file=sys.stderr)
+    bar = tqdm(plan, unit="img", disable=args.quiet or len(plan) < 2, file=sys.stderr)
     written = 0
-    for src in bar:
-        dst = output_path(src, out, single=single, suffix=args.suffix, ext=args.ext)
+    for src, dst in bar:
         try:
-            if dst.resolve() in sources:
-                raise UsageError(f"{dst}: would overwrite an input; choose another -o or --suffix")
             if args.skip_existing and dst.exists():
                 continue
-            upscale_file(model, src, dst, max_pixels=args.max_pixels, tile=tile, pad=args.tile_pad,
+            upscale_file(model, src, dst, max_pixels=args.max_pixels, tile=tile, pad=pad,
                          device=device, precision=args.precision)
             written += 1
-            if not args.quiet and len(files) == 1:
+            if not args.quiet and len(plan) == 1:
                 print(dst)
         except Exception as exc:  # the batch goes on with its other files
             if os.environ.get("REPRFN_DEBUG") and not isinstance(exc, (ReprfnError, OSError)):
@@ -223,8 +249,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             line = user_line(exc)
             errors.append(line)
             tqdm.write(f"reprfn: error: {line if str(src) in line else f'{src}: {line}'}", file=sys.stderr)
-    if not args.quiet and len(files) > 1:
-        print(f"{written} of {len(files)} images upscaled x{model.scale} into {out}", file=sys.stderr)
+    if not args.quiet and len(plan) > 1:
+        print(f"{written} of {len(plan)} images upscaled x{model.scale} into {out}", file=sys.stderr)
     return EXIT_ERROR if errors else 0
 
 
@@ -293,16 +319,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str, flag: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise UsageError(f"{flag} takes auto, 0 or a number of pixels, got {text!r}") from None
-    if value < 0:
-        raise UsageError(f"{flag} must not be negative, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reprfn", description="RepRFN super-resolution toolkit")
     parser.add_argument("--version", action="version", version=f"reprfn {__version__}")
@@ -347,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", dest="inputs", nargs="+", required=True, metavar="INPUT",
                    help="image files, folders or globs")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file (one input) or folder (created)")
+                   help="output file (one image input; .png .jpg .jpeg .webp .bmp .tif .tiff) or folder (created)")
     p.add_argument("-s", "--scale", type=int, choices=(2, 3, 4), help="upscaling factor (default 4, or the model's)")
     p.add_argument("-w", "--weights", help="checkpoint in any supported layout (default: the bundled model)")
     p.add_argument("--tile", default="auto", help="auto (from free memory), 0 (whole image) or a tile size in LR pixels")
@@ -360,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "torch: the model in plain eager PyTorch; onnxruntime: ONNX Runtime on the CPU")
     p.add_argument("--suffix", default="", help="added to output file names, e.g. _x4")
     p.add_argument("--ext", choices=("auto", "png", "jpg", "webp"), default="auto", help="output format (auto: as the input)")
-    p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
+    p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs, mirrored in OUT")
     p.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist")
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help="refuse inputs above N pixels (decompression-bomb guard; 0 lifts it)")

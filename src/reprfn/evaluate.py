@@ -23,6 +23,7 @@ from .io import IMAGE_SUFFIXES, ImageError, list_images, read_image, to_tensor, 
 from .metrics import psnr, ssim
 from .resize import imresize
 from .errors import UsageError
+from .outputs import refuse_collisions
 
 Forward = Callable[[Tensor], Tensor]
 
@@ -227,10 +228,14 @@ def evaluate_dataset(
     ``grey_as_rgb`` (default): measure greyscale images as three equal channels
     (Y = 16 + 219 g / 255), the convention behind the published figures of RepRFN, RFDN and IMDN;
     ``False`` measures the grey image itself, as MATLAB evaluation scripts do.
+    ``save_dir``: SR images are saved there (``saved_file``); two images that would be saved as
+    one file are refused (``UsageError``) before any is evaluated.
     ``on_image(pair, hr, lr, sr)`` is called with the arrays of each evaluated image (the HTML
     report keeps some of them).
     """
     pairs, errors = load_pairs(folder, scale)
+    if save_dir is not None:  # a.png and a.jpg would both be saved as a.png: refused before any work
+        refuse_collisions((pair.hr, saved_file(save_dir, pair)) for pair in pairs)
     result = DatasetResult(str(folder), scale, errors=errors)
     for pair in progress(pairs):
         try:
@@ -245,10 +250,15 @@ def evaluate_dataset(
             result.errors.append(_one_line(exc, pair))
             continue
         if save_dir is not None:
-            write_png(sr, save_dir / f"{pair.hr.stem}.png")
+            write_png(sr, saved_file(save_dir, pair))
         if on_image is not None:
             on_image(pair, hr, lr, sr)
     return result
+
+
+def saved_file(save_dir: Path, pair: Pair) -> Path:
+    """Where ``save_dir`` keeps the SR image of ``pair``: its HR name, as PNG (lossless)."""
+    return Path(save_dir) / f"{pair.hr.stem}.png"
 
 
 def _one_line(exc: Exception, pair: Pair) -> str:

@@ -268,9 +268,14 @@ def _load(path: Path, max_pixels: int | None) -> Picture:
 
 
 def picture_from_pil(im: Image.Image) -> Picture:
-    """An in-memory Pillow image as a Picture, with the modes of ``load_picture``."""
+    """An in-memory Pillow image as a Picture, with the modes and the EXIF orientation handling of
+    ``load_picture`` (a photo opened with ``Image.open`` comes out upright, as from a file)."""
+    im.load()  # first: newer Pillow applies a TIFF's orientation while loading, dropping the tag
+    orientation = _orientation(_read_exif(im))
     pixels, alpha, icc = _to_arrays(im, im.info.get("icc_profile") or None, Path("<PIL image>"))
-    return Picture(np.ascontiguousarray(pixels), alpha, icc, None, im.format or "PNG")
+    pixels, alpha = _orient(pixels, orientation), None if alpha is None else _orient(alpha, orientation)
+    return Picture(np.ascontiguousarray(pixels), None if alpha is None else np.ascontiguousarray(alpha),
+                   icc, None, im.format or "PNG")
 
 
 def picture_to_pil(pic: Picture) -> Image.Image:
