@@ -24,7 +24,7 @@ from . import __version__
 from .io import atomic_path
 from .models import SRModel, build, names
 from .models.rep import EDGE_KERNELS
-from .errors import CheckpointError
+from .errors import CheckpointError, UsageError, one_line
 
 FORMAT = "reprfn"
 WRAPPER_KEYS = ("params_ema", "params", "ema", "state_dict", "model")  # first found wins
@@ -75,7 +75,25 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
     except Exception as exc:  # truncated, corrupt, or a pickle with arbitrary objects
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
-    return unwrap(tensors, path), metadata
+    tensors = unwrap(tensors, path)
+    check_finite(tensors, path)
+    return tensors, metadata
+
+
+def check_finite(tensors: Mapping[str, Tensor], path: Path | str = "checkpoint") -> None:
+    """Refuse NaN/Inf weights: such a model runs, and silently turns every image black.
+
+    Checked on the file's own key names (before any renaming), so the message points at what
+    is in the file.
+    """
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not bad:
+        return
+    t = tensors[bad[0]]
+    nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+    counts = " and ".join(c for c in (f"{nan} NaN" if nan else "", f"{inf} infinite" if inf else "") if c)
+    more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+    raise CheckpointError(f"{path}: tensor {bad[0]!r} has {counts} value(s){more}: refusing to load")
 
 
 def _training_metadata(obj: Any) -> dict[str, str]:
@@ -108,11 +126,21 @@ def unwrap(obj: Any, path: Path | str = "checkpoint") -> dict[str, Tensor]:
 # ----------------------------------------------------------------------------------------------
 
 
+def _dim(sd: Mapping[str, Tensor], key: str, axis: int) -> int:
+    """One axis of a conv weight the layout needs; a missing or misshapen tensor is named."""
+    t = sd.get(key)
+    if t is None:
+        raise CheckpointError(f"tensor {key!r} is missing")
+    if t.dim() != 4 or t.shape[axis] < 1:
+        raise CheckpointError(f"tensor {key!r} has shape {tuple(t.shape)}: not a conv weight")
+    return int(t.shape[axis])
+
+
 def _scale_from(sd: Mapping[str, Tensor], key: str, in_channels: int) -> int:
-    out = sd[key].shape[0]
+    out = _dim(sd, key, 0)
     scale = math.isqrt(out // in_channels)
-    if scale * scale * in_channels != out:
-        raise CheckpointError(f"upsampler has {out} channels: not {in_channels} x scale^2")
+    if scale < 1 or scale * scale * in_channels != out:
+        raise CheckpointError(f"tensor {key!r} has {out} output channels: not {in_channels} x scale^2")
     return scale
 
 
@@ -165,48 +193,117 @@ def convert_authors_reprfn(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def recognise(sd: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> Checkpoint:
-    """Work out architecture, form, scale and width of a state dict; convert it to our layout."""
-    metadata = dict(metadata or {})
-    if metadata.get("format") == FORMAT:
-        config: dict[str, Any] = {}
-        for key in ("arch", "form", *INT_FIELDS):
-            if key in metadata:
-                config[key] = int(metadata[key]) if key in INT_FIELDS else metadata[key]
-        data_range = float(metadata.get("data_range", 1))
-        return Checkpoint(config, dict(sd), data_range, "reprfn", metadata)
+    """Work out architecture, form, scale and width of a state dict; convert it to our layout.
 
-    keys = set(sd)
-    if any(k.startswith("reprfb1.") for k in keys):
+    Everything is read from the tensors' keys and shapes. Metadata adds only what the tensors
+    cannot say (the RepRFN/RFN variant, the data range) and is otherwise checked against them:
+    a 1.6 MB file claiming 20,000 blocks is refused here, before anything is built.
+    """
+    metadata = dict(metadata or {})
+    if any(k.startswith("reprfb1.") for k in sd):
         sd, source = convert_authors_reprfn(sd), "reprfn-authors"
-        keys = set(sd)
     else:
         source = "reprfn"
+    config, evidence, source = _infer(sd, source)
+    if "arch" in metadata:
+        config["arch"] = _metadata_arch(metadata["arch"], config["arch"])
+    ours = metadata.get("format") == FORMAT
+    if ours:
+        _check_metadata(metadata, config, evidence)
+        source = "reprfn"
+    data_range = _positive_float(metadata, "data_range") if ours and "data_range" in metadata \
+        else DEFAULT_DATA_RANGE.get(config["arch"], 1.0)
+    if config["arch"] == "rfn":
+        config["arch"] = ""  # the variant must come from metadata or the caller
+    return Checkpoint(config, dict(sd), data_range, source, metadata)
 
+
+def _infer(sd: Mapping[str, Tensor], source: str) -> tuple[dict[str, Any], dict[str, str], str]:
+    """Config from keys and shapes, where each value came from (for messages), and the layout.
+
+    ``arch`` is the family: ``reprfn`` (any RepRFN variant), ``rfn`` (any RFN variant), ``rfdn``
+    or ``imdn``; the variant is not in the weights.
+    """
+    keys = set(sd)
     if "fea_conv.weight" not in keys:
         raise CheckpointError(_unknown(keys))
-    in_channels, channels = sd["fea_conv.weight"].shape[1], sd["fea_conv.weight"].shape[0]
+    first = "tensor 'fea_conv.weight'"
+    evidence = {"in_channels": first, "channels": first, "scale": "tensor 'upsampler.0.weight'"}
+    config: dict[str, Any] = {"in_channels": _dim(sd, "fea_conv.weight", 1),
+                              "channels": _dim(sd, "fea_conv.weight", 0), "form": "train"}
     if "blocks.0.rep.0.conv.weight" in keys or "blocks.0.rep.0.conv3x3.weight" in keys:
-        form = "deploy" if "blocks.0.rep.0.conv.weight" in keys else "train"
-        config = {
-            "arch": "reprfn",
-            "form": form,
-            "blocks": _count(sd, r"^blocks\.(\d+)\."),
-            "esa_channels": sd["blocks.0.esa.conv1.weight"].shape[0],
-        }
+        deploy = "blocks.0.rep.0.conv.weight" in keys
+        config.update(arch="reprfn", form="deploy" if deploy else "train",
+                      blocks=_count(sd, r"^blocks\.(\d+)\."),
+                      esa_channels=_dim(sd, "blocks.0.esa.conv1.weight", 0))
+        evidence.update(blocks="keys blocks.N.*", esa_channels="tensor 'blocks.0.esa.conv1.weight'",
+                        form=f"key 'blocks.0.rep.0.conv.weight' {'present' if deploy else 'absent'}")
     elif "blocks.0.convs.0.weight" in keys:
-        # The RFN variants differ only in residual connections, which leave no trace in the
-        # weights: the variant must come from metadata or the caller.
-        config = {"arch": metadata.get("arch", ""), "blocks": _count(sd, r"^blocks\.(\d+)\.")}
+        config.update(arch="rfn", blocks=_count(sd, r"^blocks\.(\d+)\."))
+        evidence.update(blocks="keys blocks.N.*", form="an RFN has one form")
     elif "B1.c1_d.weight" in keys:
-        config, source = {"arch": "rfdn", "blocks": _count(sd, r"^B(\d+)\.")}, "rfdn"
+        config.update(arch="rfdn", blocks=_count(sd, r"^B(\d+)\."))
+        evidence.update(blocks="keys BN.*", form="an RFDN has one form")
+        source = "rfdn" if source == "reprfn" else source
     elif "IMDB1.c1.weight" in keys:
-        config, source = {"arch": "imdn", "blocks": _count(sd, r"^IMDB(\d+)\.")}, "imdn"
+        config.update(arch="imdn", blocks=_count(sd, r"^IMDB(\d+)\."))
+        evidence.update(blocks="keys IMDBN.*", form="an IMDN has one form")
+        source = "imdn" if source == "reprfn" else source
     else:
         raise CheckpointError(_unknown(keys))
-    config.update(in_channels=in_channels, channels=channels,
-                  scale=_scale_from(sd, "upsampler.0.weight", in_channels))
-    data_range = DEFAULT_DATA_RANGE.get(config["arch"], 1.0)
-    return Checkpoint(config, dict(sd), data_range, source, metadata)
+    config["scale"] = _scale_from(sd, "upsampler.0.weight", config["in_channels"])
+    return config, evidence, source
+
+
+def _family(arch: str) -> str:
+    """``reprfn-noedge`` -> ``reprfn``, ``rfn-rfb2`` -> ``rfn``: what the weights can tell apart."""
+    return arch.split("-")[0]
+
+
+def _metadata_arch(arch: str, family: str) -> str:
+    """The variant named in metadata, if it is one and the tensors are of its family."""
+    if arch not in names():
+        raise CheckpointError(f"metadata arch={arch!r} is not a known model ({', '.join(names())})")
+    if _family(arch) != family:
+        raise CheckpointError(f"metadata arch={arch!r} contradicts the tensors (they hold a {family} layout)")
+    return arch
+
+
+def _check_metadata(metadata: Mapping[str, str], config: Mapping[str, Any], evidence: Mapping[str, str]) -> None:
+    """Every shape field of our metadata must parse and agree with the tensors."""
+    for key in ("form", *INT_FIELDS):
+        if key not in metadata:
+            continue
+        text = metadata[key]
+        if key == "form":
+            if text not in ("train", "deploy"):
+                raise CheckpointError(f"metadata form={text!r} is not train or deploy")
+            value: Any = text
+        else:
+            value = _positive_int(metadata, key)
+        if key not in config:
+            raise CheckpointError(f"metadata {key}={text!r} does not apply to a {config['arch']} model")
+        if value != config[key]:
+            raise CheckpointError(f"metadata {key}={text!r} contradicts the tensors "
+                                  f"({config[key]}, from {evidence[key]}): refusing to load")
+
+
+def _positive_int(metadata: Mapping[str, str], key: str) -> int:
+    text = metadata[key]
+    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) < 1:
+        raise CheckpointError(f"metadata {key}={text!r} is not a positive whole number")
+    return int(text)
+
+
+def _positive_float(metadata: Mapping[str, str], key: str) -> float:
+    text = metadata[key]
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise CheckpointError(f"metadata {key}={text!r} is not a positive number")
+    return value
 
 
 def _unknown(keys: set[str]) -> str:
@@ -273,30 +370,48 @@ def load_model(
         raise CheckpointError(f"{path}: an RFN variant whose residuals cannot be inferred; pass --arch rfn-plain|rfn-rfb1|rfn-rfb2|rfn-rfb3")
     if scale is not None and scale != cfg["scale"]:
         raise CheckpointError(f"{path}: is a x{cfg['scale']} model, but x{scale} was asked for")
-    model = build(cfg.pop("arch"), **cfg)
+    name = cfg.pop("arch")
     try:
-        model.load_state_dict(ckpt.state_dict, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: {_mismatch(model, ckpt.state_dict, exc)}") from None
+        problem = _mismatch(name, _expected_shapes(name, cfg), ckpt.state_dict)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    if problem:  # found on an empty (meta) model: nothing of the claimed size was allocated
+        raise CheckpointError(f"{path}: {problem}")
+    model = build(name, **cfg)
+    model.load_state_dict(ckpt.state_dict, strict=True)
+    if data_range is not None and not (math.isfinite(data_range) and data_range > 0):
+        raise UsageError(f"data range must be a positive number, got {data_range}")
     fold_data_range(model, ckpt.data_range if data_range is None else float(data_range))
     return model.to(device).eval()
 
 
-def _mismatch(model: SRModel, sd: Mapping[str, Tensor], exc: RuntimeError) -> str:
-    own = model.state_dict()
+def _expected_shapes(arch: str, config: Mapping[str, Any]) -> dict[str, torch.Size]:
+    """The state dict shapes of ``build(arch, **config)``, from a model built on the meta device.
+
+    Costs no memory whatever the config claims, so keys and shapes are checked before a real
+    model is allocated.
+    """
+    try:
+        with torch.device("meta"):
+            return {k: v.shape for k, v in build(arch, **config).state_dict().items()}
+    except (TypeError, ValueError, RuntimeError) as exc:  # a config no model can be built for
+        raise CheckpointError(f"cannot build a {arch} model with {dict(config)} ({one_line(exc)})") from None
+
+
+def _mismatch(arch: str, own: Mapping[str, torch.Size], sd: Mapping[str, Tensor]) -> str:
+    """What differs between the keys/shapes a model expects and a state dict ('' when nothing)."""
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
-    shapes = [k for k in set(own) & set(sd) if own[k].shape != sd[k].shape]
+    shapes = sorted(k for k in set(own) & set(sd) if own[k] != sd[k].shape)
     parts = []
     if missing:
         parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
     if shapes:
-        k = sorted(shapes)[0]
-        parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(own[k].shape)})")
-    detail = "; ".join(parts) or str(exc).splitlines()[0]
-    return f"does not match a {model.arch} model: {detail}"
+        k = shapes[0]
+        parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: {tuple(sd[k].shape)} vs {tuple(own[k])})")
+    return f"does not match a {arch} model: {'; '.join(parts)}" if parts else ""
 
 
 def metadata_for(model: SRModel, data_range: float = 1.0) -> dict[str, str]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,7 +17,7 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import CheckpointError, describe, load_model, save_model
 from .evaluate import Bicubic, DatasetResult, evaluate_dataset, output_names
-from .io import atomic_path
+from .io import atomic_path, check_writable
 from .models import build, names
 from .errors import ReprfnError, UsageError, one_line
 
@@ -148,7 +150,8 @@ def _save_dir(args: argparse.Namespace, label: str, runs: int, save_name: str) -
 def cmd_eval(args: argparse.Namespace) -> int:
     from .report import Collector, column_labels
 
-    # every -w is loaded first, so that a bad one fails before any long evaluation
+    # outputs are checked and every -w is loaded first, so that a mistake fails before any long evaluation
+    _check_outputs(args)
     runs = [argparse.Namespace(**{**vars(args), "weights": w}) for w in args.weights or [None]]
     models = [_eval_model(one) for one in runs]
     labels = column_labels([one.weights for one in runs])
@@ -290,6 +293,9 @@ def _profile_target(args: argparse.Namespace):
 def cmd_profile(args: argparse.Namespace) -> int:
     from .profile import format_report, parse_input, profile_model, to_json
 
+    _at_least(args.runs, 1, "--runs")
+    _at_least(args.warmup, 0, "--warmup")
+    _check_outputs(args)
     device = _device(args.device)
     shape = parse_input(args.input)
     model = _profile_target(args)
@@ -317,6 +323,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"reprfn: serving on http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr)
     serve(args.host, args.port, device=_device(args.device))
     return 0
+
+
+def _at_least(value: int, minimum: int, flag: str) -> None:
+    if value < minimum:
+        raise UsageError(f"{flag} must be at least {minimum}, got {value}")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """``--json`` / ``--report`` targets that cannot be written are refused before the long work."""
+    for flag in ("json", "report"):
+        if getattr(args, flag, None):
+            check_writable(getattr(args, flag), f"--{flag} file")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,9 +465,26 @@ def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> 
         return EXIT_ERROR
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised as an exception so that ``finally`` blocks run (no temporary file is left)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run(args.func, args)
+    if threading.current_thread() is not threading.main_thread():  # signals go to the main thread only
+        return run(args.func, args)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return run(args.func, args)
+    except Terminated as exc:
+        print("reprfn: terminated", file=sys.stderr)
+        return int(exc.code)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ when a function here needs them. See ``docs/export.md``.
 from __future__ import annotations
 
 import copy
+import ctypes
 import hashlib
 import inspect
 import json
@@ -20,10 +21,11 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +40,7 @@ from .errors import ExportError, UsageError
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 DEFAULT_OPSET = 17
+MIN_OPSET = 11  # first opset whose Resize matches PyTorch's bilinear; 9-10 give outputs 0.02 off (measured)
 FP32_TOLERANCE = 1e-4  # max |diff| allowed between ONNX Runtime and PyTorch, float32 export
 FP16_TOLERANCE = 1e-2  # ... float16 weights (against the float32 PyTorch model)
 TORCHSCRIPT_TOLERANCE = 1e-5
@@ -157,7 +160,75 @@ class _Float16(nn.Module):
         return self.model(x.half()).float()
 
 
+def opset_range() -> tuple[int, int]:
+    """The opsets an export can use: from ``MIN_OPSET`` to the newest torch.onnx can write."""
+    try:
+        from torch.onnx._constants import ONNX_MAX_OPSET as newest
+    except ImportError:  # a private module: when it moves, keep to what is known to work
+        newest = DEFAULT_OPSET
+    return MIN_OPSET, int(newest)
+
+
+def check_opset(opset: int) -> int:
+    """Refuse an opset outside ``opset_range()`` before any work (the exporter's own failure
+    is a page of graph)."""
+    low, high = opset_range()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        raise UsageError(f"opset {opset!r} is not supported: ONNX export takes opsets {low} to {high}")
+    return opset
+
+
+@contextmanager
+def _captured_output() -> Iterator[list[str]]:
+    """Everything written to file descriptors 1 and 2 meanwhile, Python's and C++'s alike.
+
+    torch's TorchScript exporter prints the whole graph to stdout from C++ when it fails (187
+    lines for RepRFN), which no ``sys.stdout`` redirect can catch. The text is appended to the
+    yielded list when the block ends; the caller decides whether it is shown. While the block
+    runs, other threads' output goes there too.
+    """
+    captured: list[str] = []
+    try:
+        libc = ctypes.CDLL(None)
+    except (OSError, TypeError):  # no C library to open by that name (Windows)
+        libc = None
+
+    def flush() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if libc is not None:
+            libc.fflush(None)  # C stdio buffers (a redirected stdout is fully buffered)
+
+    flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield captured
+            finally:
+                flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+                sink.seek(0)
+                captured.append(sink.read().decode(errors="replace"))
+    finally:
+        for fd in saved:
+            os.close(fd)
+
+
 def _torch_onnx_export(module: nn.Module, example: Tensor, path: Path, opset: int) -> str:
+    """``torch.onnx.export``, quietly: its output is shown only if the export succeeds (warnings),
+    never the graph it dumps when it fails (the ``ExportError`` says why in one line)."""
+    with _captured_output() as noise:
+        exporter = _torch_onnx_export_loud(module, example, path, opset)
+    if noise[0].strip():
+        print(noise[0].rstrip(), file=sys.stderr)
+    return exporter
+
+
+def _torch_onnx_export_loud(module: nn.Module, example: Tensor, path: Path, opset: int) -> str:
     """Run ``torch.onnx.export``: the TorchScript-based exporter first, the dynamo one if that fails."""
     params = inspect.signature(torch.onnx.export).parameters
     common: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
@@ -226,6 +297,7 @@ def export_onnx(
     measured against the float32 PyTorch model). The file is only put in place if export (and
     check) succeed; a failure leaves any previous file untouched and raises ``ExportError``.
     """
+    check_opset(opset)
     onnx = _import_onnx()
     if check:
         _import_ort()

@@ -1,0 +1,214 @@
+"""Hostile command lines: out-of-range numbers, unwritable report targets, signals mid-write.
+
+Each is one line on stderr with exit 2 (or the signal's status), refused before the long work,
+and never leaves a partial or hidden temporary file behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from reprfn.cli import main
+from reprfn.errors import ExportError
+from reprfn.export import opset_range
+from reprfn.io import atomic_path, check_writable
+
+FAST_S = 3.0  # a refusal loads at most the bundled model; the work it prevents takes longer
+
+
+def _one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("reprfn: error: "), captured.err
+    assert captured.out == "", captured.out[:500]
+    return lines[0]
+
+
+def _hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob(".*"))
+
+
+@pytest.fixture
+def images(tmp_path) -> Path:
+    folder = tmp_path / "hr"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+# ------------------------------------------------------------------------------ numbers out of range
+
+
+@pytest.mark.parametrize("opset", ["3", "10", "-1", "0", "999"])
+def test_export_refuses_opsets_it_cannot_write(tmp_path, capsys, opset):
+    out = tmp_path / "m.onnx"
+    start = time.perf_counter()
+    assert main(["export", "-o", str(out), "--opset", opset]) == 2
+    assert time.perf_counter() - start < FAST_S
+    line = _one_error_line(capsys)  # and nothing on stdout: no graph
+    low, high = opset_range()
+    assert low == 11 and high >= 20  # 20: the last opset of torch's TorchScript exporter
+    assert line == f"reprfn: error: opset {int(opset)} is not supported: ONNX export takes opsets 11 to {high}"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_export_never_prints_the_graph(tmp_path, capfd):
+    """torch's exporter prints the whole graph from C++ when it fails; only the one-line
+    ExportError may come out (opset 3 bypasses the range check to make it fail)."""
+    from reprfn.export import _torch_onnx_export
+    from reprfn.models import build
+
+    model = build("reprfn", scale=2, channels=8, blocks=1, esa_channels=4, deploy=True).eval()
+    with pytest.raises(ExportError, match="torch.onnx.export failed"):
+        _torch_onnx_export(model, torch.rand(1, 3, 32, 32), tmp_path / "m.onnx", 3)
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out + err)[:300]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--runs", "0"], "--runs must be at least 1, got 0"),
+    (["--runs", "-3"], "--runs must be at least 1, got -3"),
+    (["--warmup", "-1"], "--warmup must be at least 0, got -1"),
+])
+def test_profile_refuses_counts_out_of_range(capsys, flags, message):
+    assert main(["profile", "reprfn", "--input", "3x16x16", "--runtime", "--no-memory", *flags]) == 2
+    assert _one_error_line(capsys) == f"reprfn: error: {message}"
+
+
+# ------------------------------------------------------------------------------ unwritable targets
+
+
+def _unwritable_targets(tmp_path: Path) -> list[tuple[Path, str]]:
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    return [
+        (tmp_path / "a_dir", "it is a directory"),
+        (tmp_path / "a_file" / "r.json", f"{tmp_path / 'a_file'} is not a directory"),
+        (tmp_path / "a_file" / "deeper" / "r.json", f"{tmp_path / 'a_file'} is not a directory"),
+    ]
+
+
+@pytest.mark.parametrize("flag", ["--json", "--report"])
+def test_eval_refuses_an_unwritable_target_before_evaluating(tmp_path, images, capsys, flag):
+    for target, why in _unwritable_targets(tmp_path):
+        assert main(["eval", "-w", "bicubic", "-d", str(images), "-s", "2", "--device", "cpu", flag, str(target)]) == 2
+        # before the evaluation: its table would be on stdout, which _one_error_line requires empty
+        assert _one_error_line(capsys) == f"reprfn: error: {target}: cannot write the {flag} file, {why}"
+        assert _hidden(tmp_path) == []
+
+
+def test_profile_refuses_an_unwritable_json_before_profiling(tmp_path, capsys):
+    for target, why in _unwritable_targets(tmp_path):
+        assert main(["profile", "reprfn", "--input", "3x16x16", "--no-memory", "--json", str(target)]) == 2
+        assert _one_error_line(capsys) == f"reprfn: error: {target}: cannot write the --json file, {why}"
+        assert _hidden(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder: no unwritable folder to test with")
+def test_a_read_only_folder_is_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(ValueError, match="locked/r.json: cannot write the --json file, .*locked is not writable"):
+        check_writable(locked / "r.json", "--json file")
+
+
+def test_a_missing_folder_is_fine(tmp_path):
+    """``atomic_path`` creates it, so the check must not refuse it."""
+    assert check_writable(tmp_path / "new" / "r.json") == tmp_path / "new" / "r.json"
+
+
+def test_atomic_path_errors_name_the_final_path(tmp_path):
+    (tmp_path / "target").mkdir()
+    with pytest.raises(IsADirectoryError) as info:
+        with atomic_path(tmp_path / "target") as tmp:
+            tmp.write_text("{}")
+    assert str(tmp_path / "target") in str(info.value) and ".tmp" not in str(info.value)
+
+    with pytest.raises(NotADirectoryError) as info:  # an error of the writer itself, on the temporary
+        with atomic_path(tmp_path / "r.json") as tmp:
+            os.rmdir(tmp)  # not a folder: fails naming the temporary file
+    assert str(tmp_path / "r.json") in str(info.value) and ".tmp" not in str(info.value)
+    assert _hidden(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["target"]
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit, RuntimeError])
+def test_atomic_path_removes_its_temporary_on_any_exception(tmp_path, exc):
+    target = tmp_path / "r.json"
+    target.write_text("old")
+    with pytest.raises(exc):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise exc()
+    assert _hidden(tmp_path) == [] and target.read_text() == "old"
+
+
+# ------------------------------------------------------------------------------ signals mid-write
+
+# Runs `reprfn upscale` with Pillow's save slowed down: the temporary file is fully written, then
+# the process says so on stdout and sleeps, so the test can signal it at a known point mid-write.
+_SLOW_WRITER = """
+import sys, time
+from PIL import Image
+from reprfn.cli import main
+
+original = Image.Image.save
+
+def slow_save(self, fp, *args, **kwargs):
+    original(self, fp, *args, **kwargs)
+    print("writing", fp, flush=True)
+    time.sleep(120)
+
+Image.Image.save = slow_save
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path, images):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_WRITER, "upscale", "-i", str(images / "a.png"), "-o", str(out / "a.png"),
+         "-s", "2", "--backend", "torch", "--device", "cpu", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        said = proc.stdout.readline()
+        assert said.startswith("writing "), proc.stderr.read()
+        temporary = Path(said.split(" ", 1)[1].strip())
+        assert temporary.parent == out and temporary.name.startswith(".a.png.") and temporary.is_file()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1] == "reprfn: terminated"
+    assert list(out.iterdir()) == []  # neither the temporary file nor a partial output
+
+
+def test_ctrl_c_during_a_write_leaves_no_temporary_file(tmp_path, images, capsys, monkeypatch):
+    """The same in this process: Ctrl-C is a KeyboardInterrupt wherever Python happens to be."""
+    seen: list[Path] = []
+    original = Image.Image.save
+
+    def interrupted_save(self, fp, *args, **kwargs):
+        original(self, fp, *args, **kwargs)
+        seen.append(Path(fp))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", interrupted_save)
+    out = tmp_path / "out"
+    code = main(["upscale", "-i", str(images / "a.png"), "-o", str(out / "a.png"), "-s", "2",
+                 "--backend", "torch", "--device", "cpu", "--quiet"])
+    assert code == 130 and capsys.readouterr().err.strip() == "reprfn: interrupted"
+    assert len(seen) == 1 and seen[0].parent == out and seen[0].name.startswith(".a.png.")
+    assert list(out.iterdir()) == []
