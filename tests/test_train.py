@@ -55,12 +55,12 @@ def _identical(a: dict, b: dict) -> bool:
 
 def test_config_keys_and_overrides(tmp_path):
     cfg = load_config(ROOT / "configs" / "smoke.yaml", ["train.iters=7", "data.train=one/folder"])
-    assert cfg["train"]["iters"] == 7 and cfg["data"]["train"] == ["one/folder"]
+    assert cfg.train.iters == 7 and cfg.data.train == ("one/folder",)
     for key in ("data.train", "train.iters", "train.batch_size", "train.patch_size",
                 "train.checkpoint_every", "val.every", "seed"):
         node = cfg
         for part in key.split("."):
-            node = node[part]
+            node = getattr(node, part)
     with pytest.raises(ValueError, match="unknown config key 'train.iterations'"):
         load_config(None, ["train.iterations=3"])
     (tmp_path / "bad.yaml").write_text("model: {nme: reprfn}\n")
@@ -74,7 +74,7 @@ def test_config_keys_and_overrides(tmp_path):
 @pytest.mark.parametrize("name", ["reprfn_x2", "reprfn_x3", "reprfn_x4", "cpu", "smoke"])
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
-    assert cfg["train"]["patch_size"] % cfg["model"]["scale"] == 0
+    assert cfg.train.patch_size % cfg.model.scale == 0
 
 
 # --------------------------------------------------------------------------------------- runs

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -23,7 +24,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .io import ImageError, list_images, read_image
+from .io import ImageError, atomic_path, list_images, read_image
 from .resize import imresize
 from .errors import DataError
 
@@ -43,10 +44,15 @@ def _as_list(folders: str | os.PathLike | Sequence[str | os.PathLike] | None) ->
     return [Path(f) for f in folders]
 
 
-def _cache_key(path: Path, scale: int) -> str:
-    st = path.stat()
-    raw = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|x{scale}|v1"
-    return hashlib.sha1(raw.encode()).hexdigest()
+CACHE_VERSION = 2  # bump when a cached pair would differ for the same file (decoding, resizer)
+
+
+def _cache_key(path: Path, scale: int, channels: int) -> str:
+    """The file's content hash with everything else the pair depends on. Content, not size and
+    mtime: a file replaced by another of the same size with its time kept (``cp -p``, ``rsync -a``)
+    would otherwise be served from a stale entry. Hashing costs far less than decoding."""
+    digest = hashlib.sha1(path.read_bytes()).hexdigest()
+    return f"{digest}-x{scale}-c{channels}-v{CACHE_VERSION}"
 
 
 def _decode_pair(path: Path, scale: int, lr_path: Path | None, channels: int) -> Pair:
@@ -85,7 +91,7 @@ def decode_training_set(
 ) -> list[Pair]:
     """Decode every HR image (and its LR) once. Images smaller than ``min_hr_size`` are skipped
     with a warning; unreadable files are errors. With ``cache_dir``, decoded pairs are kept on disk
-    as ``.npz`` files keyed by path, size, mtime and scale, so later runs skip decoding."""
+    as ``.npz`` files keyed by content, scale and channels, so later runs skip decoding."""
     hr_dirs, lr_dirs = _as_list(folders), _as_list(lr_folders)
     if not hr_dirs:
         raise DataError("data.train names no folder")
@@ -124,21 +130,32 @@ def _lr_partner(hr_path: Path, lr_dir: Path) -> Path:
 
 
 def _cached(path: Path, scale: int, lr_path: Path | None, channels: int, cache_dir) -> Pair:
+    """The pair from the cache when it holds one for this content, else decoded (and cached)."""
     try:
         if cache_dir is None or lr_path is not None:
             return _decode_pair(path, scale, lr_path, channels)
-        file = Path(cache_dir) / f"{_cache_key(path, scale)}-c{channels}.npz"
-        if file.is_file():
-            with np.load(file) as z:
-                return Pair(path.name, z["hr"], z["lr"])
-        pair = _decode_pair(path, scale, None, channels)
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, hr=pair.hr, lr=pair.lr)
-        os.replace(tmp, file)
+        file = Path(cache_dir) / f"{_cache_key(path, scale, channels)}.npz"
+        pair = _read_cached(file, path.name)
+        if pair is None:
+            pair = _decode_pair(path, scale, None, channels)
+            with atomic_path(file) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, hr=pair.hr, lr=pair.lr)
         return pair
     except ImageError as exc:
         raise DataError(str(exc)) from None
+
+
+def _read_cached(file: Path, name: str) -> Pair | None:
+    """A cache entry, or None when there is none or it cannot be read (it is then decoded and
+    written again: a damaged cache costs time, never a failed or wrong run)."""
+    if not file.is_file():
+        return None
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            hr, lr = z["hr"], z["lr"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    return Pair(name, hr, lr)
 
 
 def dihedral(img: np.ndarray, code: int) -> np.ndarray:

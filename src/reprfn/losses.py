@@ -43,17 +43,24 @@ LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
 }
 
 
+def loss_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    """The non-zero terms of a ``loss`` config section. An unknown name or an all-zero sum is
+    refused: either would train on something other than what the config says."""
+    unknown = sorted(set(weights) - set(LOSSES))
+    if unknown:
+        raise ConfigError(f"config loss.{unknown[0]}: unknown loss {unknown[0]!r}; choose from {', '.join(LOSSES)}")
+    terms = {k: float(v) for k, v in weights.items() if float(v) != 0.0}
+    if not terms:
+        raise ConfigError("config loss: no term has a non-zero weight")
+    return terms
+
+
 class WeightedLoss(nn.Module):
     """A weighted sum of named losses, e.g. ``{"charbonnier": 0.9, "fft": 0.1}`` (the paper's)."""
 
     def __init__(self, weights: Mapping[str, float]) -> None:
         super().__init__()
-        unknown = sorted(set(weights) - set(LOSSES))
-        if unknown:
-            raise ConfigError(f"unknown loss {unknown[0]!r}; choose from {', '.join(LOSSES)}")
-        self.weights = {k: float(v) for k, v in weights.items() if float(v) != 0.0}
-        if not self.weights:
-            raise ConfigError("the loss has no term with a non-zero weight")
+        self.weights = loss_weights(weights)
 
     def forward(self, sr: Tensor, hr: Tensor) -> Tensor:
         sr = sr.float()
