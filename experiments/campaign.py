@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from reprfn.checkpoint import save_model
+from reprfn.config import parse_config
 from reprfn.train import build_model
 
 DEFAULT_OUT = Path("campaign/x4/ema_train.safetensors")
@@ -27,9 +28,9 @@ DEFAULT_OUT = Path("campaign/x4/ema_train.safetensors")
 def snapshot(run_dir: Path, out: Path) -> Path:
     """The EMA (or, without EMA, the model) of ``run_dir/last.ckpt`` in training form."""
     state = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=True)
-    cfg = state["config"]
-    cfg["model"]["init"] = None  # the weights come from the checkpoint itself
-    model = build_model(cfg)
+    raw = dict(state["config"])
+    raw["model"] = {**raw["model"], "init": None}  # the weights come from the checkpoint itself
+    model = build_model(parse_config(raw))
     model.load_state_dict(state["ema"] if state.get("ema") is not None else state["model"])
     out.parent.mkdir(parents=True, exist_ok=True)
     return save_model(model, out, extra={"iteration": state["iteration"], "run": run_dir.name,
