@@ -9,7 +9,6 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -17,9 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from torch import nn
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
@@ -123,8 +120,8 @@ def test_limits_on_upload_size_and_image_dimensions():
     assert r.status_code == 413 and "31x31" in r.json()["error"] and "900 pixels" in r.json()["error"]
     r = _post(small, _png(np.zeros((2, 41, 3), np.uint8)))  # few pixels, too wide
     assert r.status_code == 413 and "40 pixels a side" in r.json()["error"]
-    assert small.get("/api/info").json() == {"scales": [2, 3, 4], "max_upload_bytes": 4000,
-                                             "max_pixels": 900, "max_side": 40}
+    assert small.get("/api/info").json() == {"scales": [2, 3, 4], "max_upload_bytes": 4000, "max_pixels": 900,
+                                             "max_side": 40, "max_queue": 2, "running": 0, "waiting": 0}
 
 
 def test_page_is_self_contained(client):
@@ -138,7 +135,7 @@ def test_page_is_self_contained(client):
 
 def test_serve_binds_to_loopback_by_default():
     args = build_parser().parse_args(["serve"])
-    assert (args.host, args.port) == ("127.0.0.1", 8000)
+    assert (args.host, args.port, args.max_pixels, args.max_queue) == ("127.0.0.1", 8000, 300_000, 2)
 
 
 # ------------------------------------------------------------------------- a real uvicorn server
@@ -148,68 +145,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class SlowModel(nn.Module):
-    """Nearest-neighbour x2 that takes its time: a stand-in for a big image on a slow CPU."""
-
-    scale, in_channels, arch = 2, 3, "slow"
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds = seconds
-        self.started = threading.Event()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.started.set()
-        time.sleep(self.seconds)
-        return F.interpolate(x, scale_factor=2, mode="nearest")
-
-
-def test_work_runs_off_the_event_loop():
-    import uvicorn
-
-    model = SlowModel(2.0)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(models=lambda scale: model), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
-        body, boundary = _multipart(_png(_photo(16, 16)), "2")
-        result = {}
-
-        def upload():
-            req = urllib.request.Request(f"http://127.0.0.1:{port}/api/upscale", data=body, method="POST",
-                                         headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                result["size"] = Image.open(io.BytesIO(resp.read())).size
-
-        worker = threading.Thread(target=upload)
-        worker.start()
-        assert model.started.wait(10)
-        start = time.monotonic()
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=10) as resp:
-            assert resp.status == 200
-        assert time.monotonic() - start < 1.5  # answered while the upscale is still running
-        assert worker.is_alive()
-        worker.join(30)
-        assert result["size"] == (32, 32)
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
-def _multipart(png: bytes, scale: str) -> tuple[bytes, str]:
-    boundary = "reprfnboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"scale\"\r\n\r\n{scale}\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
-    return body, boundary
 
 
 @pytest.fixture(scope="module")

@@ -311,17 +311,20 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from .serve import serve
+        from .serve import create_app, listen_socket, serve
         import python_multipart  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
         raise UsageError(f"reprfn serve needs the 'serve' extra ({exc.name} is missing): "
                          "pip install 'reprfn[serve]'") from None
+    app = create_app(device=_device(args.device), max_pixels=args.max_pixels, max_queue=args.max_queue)
+    sock = listen_socket(args.host, args.port)  # a port in use fails here, before "serving on"
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"reprfn: warning: listening on {args.host}: other machines can use this server", file=sys.stderr)
-    print(f"reprfn: serving on http://{args.host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr)
-    serve(args.host, args.port, device=_device(args.device))
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"reprfn: serving on http://{host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr)
+    serve(app, sock)
     return 0
 
 
@@ -436,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    from .serve import MAX_PIXELS, MAX_QUEUE
+
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
+                   help=f"largest input image, in pixels (default {MAX_PIXELS:,}); larger ones are answered 413")
+    p.add_argument("--max-queue", type=int, default=MAX_QUEUE, metavar="N",
+                   help=f"uploads that may wait while one is upscaled (default {MAX_QUEUE}); more are answered 503")
     p.set_defaults(func=cmd_serve)
     return parser
 

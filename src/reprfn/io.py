@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import torch
@@ -214,31 +214,39 @@ class Picture:
 # ----------------------------------------------------------------------------------- loading
 
 
-def load_picture(path: str | os.PathLike, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Picture:
-    """Decode ``path`` without losing what an output file should keep (see ``Picture``).
+def load_picture(source: str | os.PathLike | BinaryIO, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 name: str | None = None) -> Picture:
+    """Decode ``source`` without losing what an output file should keep (see ``Picture``).
 
+    ``source`` is a path, or a seekable binary file read from its start (e.g. the ``BytesIO`` of
+    an upload, decoded without a round trip through the disk); messages then name ``name``.
     8 vs 16 bits follows the file's sample format: 16-bit greyscale, RGB and RGBA PNG/TIFF give
     ``uint16``. Palette and CMYK become RGB (palette transparency becomes alpha; a CMYK ICC profile
     is used to convert to sRGB when present). Only the first frame of an animation is read.
     Images over ``max_pixels`` are refused before any pixel is decoded; ``None`` lifts the guard.
     Every failure is an ``ImageError`` whose one-line message names the file.
     """
-    path = Path(path)
     _check_max_pixels(max_pixels)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: empty file, not an image")
+    if isinstance(source, (str, os.PathLike)):
+        src = label = Path(source)
+        if not src.is_file():
+            raise ImageError(f"{src}: no such file")
+        size = src.stat().st_size
+    else:
+        src, label = source, name or "<stream>"
+        size = source.seek(0, os.SEEK_END)
+    if size == 0:
+        raise ImageError(f"{label}: empty file, not an image")
     try:
         with _own_pixel_limit():
-            return _load(path, max_pixels)
+            return _load(src, label, max_pixels)
     except ImageError:
         raise
     except UnidentifiedImageError:
         reason = "not a PNG, JPEG, WebP, BMP or TIFF file"
-        raise ImageError(f"{path}: not a readable image ({reason})") from None
+        raise ImageError(f"{label}: not a readable image ({reason})") from None
     except Exception as exc:  # truncated, corrupt, an unsupported layout
-        raise ImageError(f"{path}: not a readable image ({_reason(exc)})") from None
+        raise ImageError(f"{label}: not a readable image ({_reason(exc)})") from None
 
 
 def _check_max_pixels(max_pixels: int | None) -> None:
@@ -264,7 +272,7 @@ def _own_pixel_limit() -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def _check_size(path: Path, size: tuple[int, int], max_pixels: int | None) -> None:
+def _check_size(path: str | Path, size: tuple[int, int], max_pixels: int | None) -> None:
     pixels = size[0] * size[1]
     if max_pixels is not None and pixels > max_pixels:
         raise ImageError(
@@ -273,9 +281,16 @@ def _check_size(path: Path, size: tuple[int, int], max_pixels: int | None) -> No
         )
 
 
-def _load(path: Path, max_pixels: int | None) -> Picture:
-    with Image.open(path, formats=INPUT_FORMATS) as im:
-        _check_size(path, im.size, max_pixels)
+def _rewound(src: Path | BinaryIO) -> Path | BinaryIO:
+    """A path as it is; a file object sought back to its start, so that it can be decoded again."""
+    if not isinstance(src, Path):
+        src.seek(0)
+    return src
+
+
+def _load(src: Path | BinaryIO, label: str | Path, max_pixels: int | None) -> Picture:
+    with Image.open(_rewound(src), formats=INPUT_FORMATS) as im:
+        _check_size(label, im.size, max_pixels)
         fmt = "JPEG" if im.format == "MPO" else str(im.format)
         rawmode = _tile_rawmode(im)  # before load(), which empties im.tile
         tiff = im.format == "TIFF"
@@ -290,9 +305,9 @@ def _load(path: Path, max_pixels: int | None) -> Picture:
         exif = _kept_exif(im, exif_obj, tagged)
         icc = im.info.get("icc_profile") or None
         if rawmode in _WIDE_RAWMODES:
-            pixels, alpha = _decode_wide(path, im, rawmode)
+            pixels, alpha = _decode_wide(src, im, rawmode)
         else:
-            pixels, alpha, icc = _to_arrays(im, icc, path)
+            pixels, alpha, icc = _to_arrays(im, icc, label)
     pixels, alpha = _orient(pixels, orientation), None if alpha is None else _orient(alpha, orientation)
     return Picture(np.ascontiguousarray(pixels), None if alpha is None else np.ascontiguousarray(alpha),
                    icc, exif, fmt)
@@ -359,9 +374,9 @@ def _wide_rawmodes() -> dict[str, tuple[str, bool, bool]]:
 _WIDE_RAWMODES = _wide_rawmodes()
 
 
-def _decode_with_rawmode(path: Path, rawmode: str) -> np.ndarray:
-    """Decode ``path`` again, telling Pillow to unpack its samples with ``rawmode``."""
-    with Image.open(path, formats=INPUT_FORMATS) as im:
+def _decode_with_rawmode(src: Path | BinaryIO, rawmode: str) -> np.ndarray:
+    """Decode ``src`` again, telling Pillow to unpack its samples with ``rawmode``."""
+    with Image.open(_rewound(src), formats=INPUT_FORMATS) as im:
         im.tile = [_with_rawmode(t, rawmode) for t in im.tile]
         im.load()
         return np.asarray(im)
@@ -373,10 +388,10 @@ def _with_rawmode(tile, rawmode: str):
     return tile._replace(args=args) if hasattr(tile, "_replace") else (*tile[:3], args)
 
 
-def _decode_wide(path: Path, im: Image.Image, rawmode: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _decode_wide(src: Path | BinaryIO, im: Image.Image, rawmode: str) -> tuple[np.ndarray, np.ndarray | None]:
     """16-bit colour (RGB, RGBA, grey+alpha) -> uint16 pixels and alpha."""
     low_rawmode, has_alpha, grey = _WIDE_RAWMODES[rawmode]
-    low = _decode_with_rawmode(path, low_rawmode)
+    low = _decode_with_rawmode(src, low_rawmode)
     if grey:  # raw bytes per pixel: L high, L low, A high, A low
         wide = (low[..., 0::2].astype(np.uint16) << 8) | low[..., 1::2]
         return wide[..., 0], wide[..., 1]
@@ -390,7 +405,7 @@ def _decode_wide(path: Path, im: Image.Image, rawmode: str) -> tuple[np.ndarray,
 
 
 def _to_arrays(
-    im: Image.Image, icc: bytes | None, path: Path
+    im: Image.Image, icc: bytes | None, path: str | Path
 ) -> tuple[np.ndarray, np.ndarray | None, bytes | None]:
     """A loaded Pillow image of any supported mode -> (pixels, alpha, ICC profile that fits)."""
     key = im.info.get("transparency")
