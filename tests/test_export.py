@@ -205,12 +205,12 @@ def test_not_a_reprfn_onnx_file(tmp_path: Path) -> None:
 def test_missing_onnxruntime_gives_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
     expected = r"^onnxruntime is not installed: pip install 'reprfn\[onnx\]'$"
-    with pytest.raises(RuntimeError, match=expected):
+    with pytest.raises(ExportError, match=expected):
         OnnxModel.from_file(tmp_path / "m.onnx")
-    with pytest.raises(RuntimeError, match=expected):
+    with pytest.raises(ExportError, match=expected):
         onnx_model_for(tiny(2))
     if HAVE_ONNX:
-        with pytest.raises(RuntimeError, match=expected):
+        with pytest.raises(ExportError, match=expected):
             export_onnx(tiny(2), tmp_path / "m.onnx")
         assert not (tmp_path / "m.onnx").exists()
 
