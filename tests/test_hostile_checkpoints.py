@@ -8,7 +8,6 @@ line with exit 2 and writes nothing.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -246,8 +245,10 @@ def test_bad_data_range_argument():
         load_model(bundled_weights(4), data_range=float("nan"))
 
 
+# ru_maxrss would not do: Linux carries it over from the parent (pytest) through exec. VmHWM is
+# the peak of this process's own memory map.
 _LOAD_ALL = """
-import json, resource, sys, time
+import json, sys, time
 from reprfn import CheckpointError, load_model
 times = {}
 for path in sys.argv[1:]:
@@ -256,21 +257,23 @@ for path in sys.argv[1:]:
         load_model(path)
     except CheckpointError:
         times[path] = time.perf_counter() - start
-print(json.dumps({"times": times, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"times": times, "peak_kb": peak_kb}))
 """
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="peak memory is read from /proc (Linux)")
 def test_huge_claims_cost_neither_time_nor_memory(tmp_path):
     """blocks=20000 once took 49 s and 7.5 GB before failing; 200000 would meet the OOM killer.
-    Measured in a fresh process, whose peak memory is its own (~250 MB of it is torch)."""
+    Measured in a fresh process (~250 MB of its peak is torch)."""
     sd, meta = _bundled()
     paths = []
     for key, value in (("blocks", "200000"), ("channels", "65536"), ("esa_channels", "100000")):
         paths.append(str(tmp_path / f"{key}.safetensors"))
         save_file(sd, paths[-1], metadata={**meta, key: value})
-    proc = subprocess.run([sys.executable, "-c", _LOAD_ALL, *paths], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", _LOAD_ALL, *paths], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert sorted(result["times"]) == sorted(paths)  # each refused with CheckpointError
     assert max(result["times"].values()) < FAST_S
-    assert result["peak_kb"] / 1024 < 1024, f"peak {result['peak_kb'] / 1024:.0f} MB"
+    assert 50 < result["peak_kb"] / 1024 < 1024, f"peak {result['peak_kb'] / 1024:.0f} MB"

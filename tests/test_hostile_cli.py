@@ -131,14 +131,13 @@ def test_a_missing_folder_is_fine(tmp_path):
 
 def test_atomic_path_errors_name_the_final_path(tmp_path):
     (tmp_path / "target").mkdir()
-    with pytest.raises(IsADirectoryError) as info:
-        with atomic_path(tmp_path / "target") as tmp:
-            tmp.write_text("{}")
+    with pytest.raises(IsADirectoryError) as info, atomic_path(tmp_path / "target") as tmp:
+        tmp.write_text("{}")
     assert str(tmp_path / "target") in str(info.value) and ".tmp" not in str(info.value)
 
-    with pytest.raises(NotADirectoryError) as info:  # an error of the writer itself, on the temporary
-        with atomic_path(tmp_path / "r.json") as tmp:
-            os.rmdir(tmp)  # not a folder: fails naming the temporary file
+    # an error of the writer itself, naming the temporary file (it is not a folder)
+    with pytest.raises(NotADirectoryError) as info, atomic_path(tmp_path / "r.json") as tmp:
+        os.rmdir(tmp)
     assert str(tmp_path / "r.json") in str(info.value) and ".tmp" not in str(info.value)
     assert _hidden(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["target"]
 
@@ -147,10 +146,9 @@ def test_atomic_path_errors_name_the_final_path(tmp_path):
 def test_atomic_path_removes_its_temporary_on_any_exception(tmp_path, exc):
     target = tmp_path / "r.json"
     target.write_text("old")
-    with pytest.raises(exc):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise exc()
+    with pytest.raises(exc), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise exc()
     assert _hidden(tmp_path) == [] and target.read_text() == "old"
 
 
