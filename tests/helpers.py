@@ -15,9 +15,12 @@ SHARED = Path(os.environ.get("REPRFN_SHARED", ROOT.parent / "shared"))
 
 
 def shared_path(*parts: str) -> Path:
-    """A path under ../shared, or a clean skip when it is not there."""
+    """A path under ../shared, or a clean skip when it is not there (a failure where
+    ``REPRFN_REQUIRE_SHARED`` is set, as CI does: there a skip would hide an untested reference)."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
+        if os.environ.get("REPRFN_REQUIRE_SHARED"):
+            pytest.fail(f"{path} not available, and REPRFN_REQUIRE_SHARED is set")
         pytest.skip(f"{path} not available (shared data is optional)")
     return path
 
