@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,5 +11,37 @@ def _seed():
 
 
 # The default CPU path exports models to ONNX Runtime (cached under ~/.cache/reprfn); tests that
-# upscale with random-weight models would each pay an export. tests/test_fast.py tests that path.
+# upscale with random-weight models would each pay an export, so the suite runs without it.
+# Tests of the default engine itself opt back in with the ``default_engine`` fixture below;
+# tests/test_fast.py tests the engines directly.
 os.environ.setdefault("REPRFN_ONNX", "0")
+
+
+@pytest.fixture(scope="session")
+def engine_cache(tmp_path_factory) -> Path:
+    """One export cache for the whole run: each bundled model is exported once, not once a test."""
+    return tmp_path_factory.mktemp("reprfn-cache")
+
+
+@pytest.fixture
+def default_engine(monkeypatch, engine_cache) -> list:
+    """The CPU engine ``--backend auto`` picks for a user with no REPRFN_* variables set.
+
+    Returns the list of models ``reprfn.api.prepare_model`` handed out during the test, so the test
+    can check which engine actually ran (``tests.helpers.assert_default_engine_ran``).
+    """
+    import reprfn.api as api
+
+    monkeypatch.delenv("REPRFN_ONNX", raising=False)
+    monkeypatch.delenv("REPRFN_ENGINE", raising=False)
+    monkeypatch.setenv("REPRFN_CACHE", str(engine_cache))
+    prepared: list = []
+    original = api.prepare_model
+
+    def recording(*args, **kwargs):
+        net = original(*args, **kwargs)
+        prepared.append(net)
+        return net
+
+    monkeypatch.setattr(api, "prepare_model", recording)
+    return prepared

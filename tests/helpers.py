@@ -1,10 +1,12 @@
-"""Test helpers: random weights, and the optional ../shared data (tests skip without it)."""
+"""Test helpers: random weights, the optional ../shared data (tests skip without it), and the
+model's own output as the reference for everything that upscales."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,9 +15,12 @@ SHARED = Path(os.environ.get("REPRFN_SHARED", ROOT.parent / "shared"))
 
 
 def shared_path(*parts: str) -> Path:
-    """A path under ../shared, or a clean skip when it is not there."""
+    """A path under ../shared, or a clean skip when it is not there (a failure where
+    ``REPRFN_REQUIRE_SHARED`` is set, as CI does: there a skip would hide an untested reference)."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
+        if os.environ.get("REPRFN_REQUIRE_SHARED"):
+            pytest.fail(f"{path} not available, and REPRFN_REQUIRE_SHARED is set")
         pytest.skip(f"{path} not available (shared data is optional)")
     return path
 
@@ -29,3 +34,63 @@ def randomize(model: torch.nn.Module, seed: int = 0, gain: float = 0.5) -> torch
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) * gain / fan_in**0.5)
     return model
 
+
+
+# ------------------------------------------------------------------------------------------------
+# The model's own output: the reference for everything that upscales
+# ------------------------------------------------------------------------------------------------
+
+SAMPLE = ROOT / "src" / "reprfn" / "assets" / "astronaut.png"
+
+
+def asymmetric_photo() -> np.ndarray:
+    """A 36x52 RGB crop of the bundled photo (orange suit, purple patch): R, G and B differ pixel by
+    pixel and neither axis is a mirror of itself, so a channel swap, a flip or a transpose shows."""
+    from PIL import Image
+
+    crop = np.asarray(Image.open(SAMPLE).convert("RGB"))[160:196, 56:108].copy()
+    c = crop.astype(int)
+    assert min(np.abs(c[..., i] - c[..., j]).mean() for i, j in ((0, 1), (1, 2), (0, 2))) > 20
+    assert np.abs(c - c[::-1]).mean() > 20 and np.abs(c - c[:, ::-1]).mean() > 20
+    return crop
+
+
+@torch.inference_mode()
+def reference_sr(model: torch.nn.Module, pixels: np.ndarray) -> np.ndarray:
+    """What the docs say ``reprfn.upscale`` returns for an HxW or HxWx3 uint8/uint16 image, computed
+    the plain way: ``model`` (eager PyTorch, float32) called once on the whole image scaled to
+    [0, 1] (a grey image on three equal channels), its output clamped to [0, 1], averaged back to
+    one channel for grey, scaled to the image's range and rounded to the nearest level."""
+    peak = float(np.iinfo(pixels.dtype).max)
+    x = torch.from_numpy(pixels.astype(np.float64) / peak).float()
+    x = x[None].expand(3, -1, -1) if x.dim() == 2 else x.permute(2, 0, 1)
+    y = model(x[None].contiguous())[0].clamp(0, 1).double()
+    y = y.mean(dim=0) if pixels.ndim == 2 else y.permute(1, 2, 0)
+    return np.rint(y.numpy() * peak).astype(pixels.dtype)
+
+
+def assert_close_levels(got: np.ndarray, want: np.ndarray, max_fraction: float) -> None:
+    """Equal to within one level, and off by that level on at most ``max_fraction`` of the samples:
+    float rounding (<= 1e-5) only moves values that sit on a rounding boundary."""
+    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, got.dtype, want.shape, want.dtype)
+    diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
+    off = float((diff > 0).mean())
+    assert diff.max() <= 1 and off <= max_fraction, f"max {diff.max()} levels, {off:.2%} of samples differ"
+
+
+def assert_default_engine_ran(prepared: list, whole_images: bool = True) -> None:
+    """Every model ``prepare_model`` handed out is the engine ``--backend auto`` picks: ONNX Runtime
+    / OpenVINO when installed (and, for whole images, opened rather than fallen back), else the
+    fused PyTorch path."""
+    from reprfn import fast
+
+    assert prepared, "prepare_model was not called"
+    engine = fast.choose_engine()
+    for net in prepared:
+        if engine is None:
+            assert isinstance(net, fast.FastRepRFN), type(net)
+        else:
+            assert isinstance(net, fast.AutoCPU) and net.engine == engine, type(net)
+            assert net.onnx_error is None, net.path()
+            if whole_images:
+                assert net._session is not None, "the engine never ran"

@@ -85,6 +85,24 @@ def test_json_schema_hr_folder_mode(weights, hr_dir, tmp_path, capsys):
     assert res["psnr_y"] == pytest.approx(np.mean([i["psnr_y"] for i in res["per_image"]]))
 
 
+def test_per_image_scores_follow_the_protocol_by_hand(weights, hr_dir, tmp_path, capsys):
+    """docs/evaluation.md step by step, without the evaluation module: HR cropped to a multiple of
+    the scale, LR = MATLAB bicubic, the model called on it (grey read as three equal channels), its
+    output rounded to 8 bits, Y-PSNR / Y-SSIM with ``scale`` border pixels cropped."""
+    from reprfn.metrics import ssim
+    from tests.helpers import reference_sr
+
+    code, report, _ = _eval(["-w", str(weights), "-d", str(hr_dir), "-s", str(SCALE)], tmp_path, capsys)
+    assert code == 0
+    model = load_model(weights)
+    for entry in report["results"][0]["per_image"]:
+        hr = np.asarray(Image.open(hr_dir / entry["name"]).convert("RGB"))
+        hr = hr[: hr.shape[0] // SCALE * SCALE, : hr.shape[1] // SCALE * SCALE]
+        sr = reference_sr(model, imresize(hr, 1 / SCALE))
+        assert entry["psnr_y"] == pytest.approx(psnr(sr, hr, SCALE, True), abs=1e-9), entry["name"]
+        assert entry["ssim_y"] == pytest.approx(ssim(sr, hr, SCALE, True), abs=1e-9), entry["name"]
+
+
 def test_hr_lr_mode_agrees_with_hr_folder_mode(weights, hr_dir, pair_dir, tmp_path, capsys):
     model = load_model(weights)
     from_hr = evaluate_dataset(model, hr_dir, SCALE)

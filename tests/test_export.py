@@ -236,3 +236,83 @@ def test_bundled_x4_model(tmp_path: Path, x4: reprfn.models.SRModel) -> None:
     ts = export_torchscript(x4, tmp_path / "x4.pt")
     assert parity(torch.jit.load(str(ts)), x4, sizes)[0] <= 1e-5
     assert verify_standalone(fp16.path)["output"] == [1, 3, 92, 68]
+
+
+# ------------------------------------------------------------------------------- `reprfn export`
+
+
+def _photo_batch() -> torch.Tensor:
+    """Two different crops of the bundled photo (R, G, B distinct), of sizes neither traced nor checked."""
+    from tests.helpers import asymmetric_photo
+
+    img = torch.from_numpy(asymmetric_photo()).permute(2, 0, 1).float() / 255
+    return torch.stack([img[:, :33, :45], img[:, 3:, 7:]])
+
+
+def _onnxruntime_run(path: Path, x: torch.Tensor) -> torch.Tensor:
+    """The file in a plain ONNX Runtime session, as docs/export.md runs it without reprfn."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(sess.run(["output"], {"input": x.numpy()})[0])
+
+
+@needs_onnx
+def test_cli_export_onnx_runs_and_matches_pytorch(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from reprfn.checkpoint import bundled_weights
+    from reprfn.cli import main
+
+    out = tmp_path / "x2.onnx"
+    assert main(["export", "-s", "2", "-o", str(out)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{out}: ONNX opset 17, float32; max |onnxruntime - torch| = ") and "\n" not in line
+    assert float(line.split("= ")[1].split()[0]) <= 1e-4
+    model = reprfn.load_model(bundled_weights(2))
+    x = _photo_batch()[:1]
+    with torch.no_grad():
+        want = model(x)
+    got = _onnxruntime_run(out, x)
+    assert got.shape == (1, 3, 66, 90) and (got - want).abs().max().item() <= 1e-4  # docs/export.md: 1e-4
+    assert OnnxModel.from_file(out).scale == 2
+
+
+@needs_onnx
+def test_cli_export_onnx_fp16_of_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from reprfn.cli import main
+
+    model = tiny(3)
+    reprfn.save_model(model, tmp_path / "tiny.safetensors")
+    out = tmp_path / "tiny_fp16.onnx"
+    assert main(["export", "-w", str(tmp_path / "tiny.safetensors"), "-o", str(out), "--fp16"]) == 0
+    assert "float16 weights" in capsys.readouterr().out
+    x = _photo_batch()[1:]
+    with torch.no_grad():
+        want = model(x)
+    got = _onnxruntime_run(out, x)
+    assert got.shape == want.shape and (got - want).abs().max().item() <= 1e-2  # float16: 1e-2
+    assert OnnxModel.from_file(out).metadata["precision"] == "float16"
+
+
+def test_cli_export_torchscript_runs_and_matches_pytorch(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from reprfn.cli import main
+
+    model = tiny(3, seed=5)  # training form: the CLI fuses it on the way
+    reprfn.save_model(model, tmp_path / "tiny.safetensors")
+    out = tmp_path / "tiny.pt"
+    assert main(["export", "-w", str(tmp_path / "tiny.safetensors"), "-o", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"{out}: TorchScript, reprfn x3, fused"
+    loaded = torch.jit.load(str(out))
+    x = _photo_batch()  # neither of the traced size
+    with torch.no_grad():
+        for one in (x[:1], x[1:]):
+            got, want = loaded(one), model(one)
+            assert got.shape == want.shape and (got - want).abs().max().item() <= 1e-5  # docs/export.md: 1e-5
+
+
+def test_cli_export_refuses_an_unknown_suffix(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from reprfn.cli import main
+
+    assert main(["export", "-s", "2", "-o", str(tmp_path / "model.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"reprfn: error: {tmp_path / 'model.txt'}: name the output .onnx (ONNX) or .pt / .ts (TorchScript)\n"
+    assert list(tmp_path.iterdir()) == []

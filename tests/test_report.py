@@ -114,7 +114,7 @@ def test_costs_are_counted_on_the_deploy_form():
     fused = deploy_form(model)
     bundled = load_model(bundled_weights(4))
     assert fused.form == "deploy" and sum(p.numel() for p in fused.parameters()) == 401_504
-    assert count(fused, (3, 180, 320)).macs == count(bundled, (3, 180, 320)).macs > 0
+    assert count(fused, (3, 180, 320)).macs == count(bundled, (3, 180, 320)).macs == 22_174_424_064
 
 
 def test_columns_count_with_the_profile_module():
@@ -124,9 +124,9 @@ def test_columns_count_with_the_profile_module():
     model = randomize(build("reprfn", scale=SCALE, channels=8, blocks=1, esa_channels=4))
     models = [("bicubic", "bicubic", Bicubic(SCALE)), ("m", "m.safetensors", model)]
     cols = report.describe_columns(models, SCALE, repeats=1)
-    assert cols[0].params is None and cols[0].macs is None and cols[0].cpu_ms > 0
+    assert cols[0].params is None and cols[0].macs is None and 0 < cols[0].cpu_ms < 60_000
     fused = deploy_form(model)  # costs are those of the deploy form
-    assert cols[1].params == sum(p.numel() for p in fused.parameters()) and cols[1].cpu_ms > 0
+    assert cols[1].params == sum(p.numel() for p in fused.parameters()) and 0 < cols[1].cpu_ms < 60_000
     assert cols[1].macs == count(fused, (3, 720 // SCALE, 1280 // SCALE)).macs
     assert cols[1].mac_counter == report.MAC_COUNTER
 

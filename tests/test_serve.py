@@ -23,9 +23,11 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("python_multipart")
 
 import reprfn  # noqa: E402
+from reprfn.checkpoint import bundled_weights  # noqa: E402
 from reprfn.cli import build_parser  # noqa: E402
 from reprfn.serve import create_app  # noqa: E402
 from tests.browser import Chromium, chromium_or_skip, not_blank  # noqa: E402
+from tests.helpers import assert_close_levels, asymmetric_photo, reference_sr  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ASTRONAUT = ROOT / "src" / "reprfn" / "assets" / "astronaut.png"
@@ -56,13 +58,15 @@ def _post(client, data: bytes, scale: str = "2", name: str = "x.png", mime: str 
 
 
 def test_upscale_round_trip_matches_the_python_api(client):
-    img = _photo()
+    img = asymmetric_photo()[:24, :20].copy()
     r = _post(client, _png(img), "2", "photo.png")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert r.headers["content-disposition"] == 'attachment; filename="photo_x2.png"'
     assert r.headers["x-reprfn-input-size"] == "20x24" and r.headers["x-reprfn-output-size"] == "40x48"
     out = np.asarray(Image.open(io.BytesIO(r.content)))
     assert np.array_equal(out, reprfn.upscale(img, scale=2, device="cpu"))
+    # and both are the bundled model's own output (a channel swap or flip on the way would show)
+    assert_close_levels(out, reference_sr(reprfn.load_model(bundled_weights(2)), img), 0.005)
 
 
 @pytest.mark.parametrize("scale", ["3", "4"])

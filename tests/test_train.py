@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from safetensors.torch import load_file
 
 from reprfn import load_model
 from reprfn.data import DataError
-from reprfn.train import TrainingError, load_config, parse_set, train
+from reprfn.train import TrainingError, load_config, parse_set, train, val_pairs, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,7 +126,11 @@ def test_outputs_of_a_run(tmp_path, photos):
     for name in ("last.ckpt", "final.safetensors", "final_fused.safetensors", "best_fused.safetensors",
                  "log.csv", "config.yaml"):
         assert (run / name).is_file(), name
-    assert summary["best_val_psnr_y"] > 0
+    # the best validation PSNR is the highest the log records, and what the saved best model scores
+    logged = [float(r["val_psnr_y"]) for r in csv.DictReader((run / "log.csv").open()) if r["val_psnr_y"]]
+    assert len(logged) == 2 and summary["best_val_psnr_y"] == pytest.approx(max(logged), abs=1e-9)
+    best = load_model(run / "best_fused.safetensors")
+    assert validate(best, val_pairs(cfg)) == pytest.approx(summary["best_val_psnr_y"], abs=1e-9)
     assert load_model(run / "final.safetensors").form == "train"
     fused = load_model(run / "final_fused.safetensors")
     assert fused.form == "deploy" and fused.scale == 2

@@ -44,8 +44,9 @@ class TrainingError(ReprfnError):
     """A run that cannot go on (non-finite loss, a checkpoint that does not resume)."""
 
 
-class ExportError(ReprfnError):
-    """An export that failed, or whose result does not match PyTorch."""
+class ExportError(ReprfnError, RuntimeError):
+    """An export that failed, or whose result does not match PyTorch; also a ``RuntimeError``, as
+    it was before this hierarchy (docs/export.md)."""
 
 
 def one_line(exc: BaseException) -> str:
