@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import reprfn
 import reprfn.api as api
@@ -229,13 +228,17 @@ def test_openvino_engine_asks_auto_tile_for_smaller_tiles(model, monkeypatch):
     assert 0 < sizes[1] < sizes[0]
     seen = []
 
-    def record_tile(net, x, tile, **kw):
+    def record_tile(net, pixels, tile, **kw):
         seen.append(tile)
-        return F.interpolate(x, scale_factor=4)
+        return pixels
 
-    monkeypatch.setattr(api, "run_model", record_tile)
+    monkeypatch.setattr(api, "run_model_pixels", record_tile)
+    image = np.zeros((500, 750, 3), np.uint8)  # its x4 output (18 MB) is held beside the forward
+    sizes = [infer.auto_tile(500, 750, torch.device("cpu"), bytes_per_pixel=infer.model_bytes_per_pixel(n),
+                             held=image.nbytes * 16) for n in (ort, ov)]
+    assert 0 < sizes[1] < sizes[0]
     for net in (ort, ov):  # reprfn.upscale's own choice, without running a model
-        api.upscale_pixels(net, np.zeros((2000, 3000, 3), np.uint8))
+        api.upscale_pixels(net, image)
     assert seen == sizes
     ov.onnx_error = "could not open"  # fell back to PyTorch: PyTorch's figure again
     assert infer.model_bytes_per_pixel(ov) == infer.BYTES_PER_PIXEL

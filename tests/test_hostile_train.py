@@ -21,7 +21,7 @@ from reprfn import save_model
 from reprfn.cli import main
 from reprfn.config import DEFAULTS, load_config, merge, parse_config
 from reprfn.data import PatchSampler, decode_training_set
-from reprfn.errors import CheckpointError, ConfigError, DataError, TrainingError
+from reprfn.errors import ConfigError, DataError, TrainingError
 from reprfn.models import build
 from reprfn.resize import imresize
 from reprfn.train import make_loader, train

@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from .checkpoint import bundled_weights, load_model
-from .infer import DEFAULT_PAD, Precision, auto_tile, model_bytes_per_pixel, run_model
-from .io import IMAGE_SUFFIXES, Picture, load_picture, save_picture
-from .resize import imresize
-from .errors import UsageError
+from .infer import DEFAULT_PAD, Precision, auto_tile, model_bytes_per_pixel, run_model, run_model_pixels
+from .io import IMAGE_SUFFIXES, Picture, load_picture, save_picture, write_memory
+from .resize import imresize_rows, output_length
+from .errors import ReprfnError, ResourceError, UsageError
 from .outputs import refuse_collisions
 
 ModelLike = Union[None, str, os.PathLike, nn.Module]
@@ -125,37 +125,36 @@ def _quantize(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def upscale_pixels(model: nn.Module, pixels: np.ndarray, *, tile: int | str = "auto", pad: int = DEFAULT_PAD,
-                   device: torch.device | None = None, precision: Precision = "fp32") -> np.ndarray:
-    """SR of an HxW or HxWx3 uint8/uint16 array; same layout and dtype out.
+                   device: torch.device | None = None, precision: Precision = "fp32", reserve: int = 0) -> np.ndarray:
+    """SR of an HxW or HxWx3 uint8/uint16 array; same layout and dtype out (``infer.run_model_pixels``:
+    the output held once, non-finite outputs and requests larger than memory refused).
 
     A greyscale image is given to an RGB model on three equal channels and the output averaged back.
     """
     device = device or torch.device("cpu")
-    x = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32) / _max_value(pixels.dtype))
-    x = x[None, None] if x.dim() == 2 else x.permute(2, 0, 1)[None]
-    channels = getattr(model, "in_channels", 3)
-    if x.shape[1] == 1 and channels == 3:
-        x = x.expand(-1, 3, -1, -1)
-    elif x.shape[1] != channels:
-        raise UsageError(f"a {x.shape[1]}-channel image for a model of {channels} input channels")
     if tile == "auto":
-        tile = auto_tile(x.shape[-2], x.shape[-1], device, bytes_per_pixel=model_bytes_per_pixel(model))
-    y = run_model(model, x, tile=int(tile), pad=pad, device=device, precision=precision)[0]
-    if pixels.ndim == 2:
-        y = y.mean(dim=0)
-    else:
-        y = y.permute(1, 2, 0)
-    return _quantize(y.numpy(), pixels.dtype)
+        held = pixels.nbytes * model.scale ** 2 + reserve if device.type == "cpu" else 0
+        tile = auto_tile(pixels.shape[0], pixels.shape[1], device, bytes_per_pixel=model_bytes_per_pixel(model),
+                         held=held)
+    return run_model_pixels(model, pixels, tile=int(tile), pad=pad, device=device, precision=precision,
+                            reserve=reserve)
 
 
 def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
-    """Alpha is not colour: MATLAB bicubic, clipped to the valid range."""
-    up = imresize(alpha.astype(np.float64) / _max_value(alpha.dtype), scale)
-    return _quantize(up, alpha.dtype)
+    """Alpha is not colour: MATLAB bicubic, clipped to the valid range; a band of rows at a time,
+    so that no float64 copy of the whole output is ever held."""
+    src = alpha.astype(np.float64) / _max_value(alpha.dtype)
+    out = np.empty((output_length(alpha.shape[0], scale), output_length(alpha.shape[1], scale)), alpha.dtype)
+    rows = max(1, (1 << 17) // out.shape[1])  # bands of about 1 MB in float64
+    for y in range(0, out.shape[0], rows):
+        out[y:y + rows] = _quantize(imresize_rows(src, scale, y, y + rows), alpha.dtype)
+    return out
 
 
-def upscale_picture(model: nn.Module, pic: Picture, **kw: Any) -> Picture:
-    pixels = upscale_pixels(model, pic.pixels, **kw)
+def upscale_picture(model: nn.Module, pic: Picture, *, reserve: int = 0, **kw: Any) -> Picture:
+    """Colour through the model, alpha on its own; ``reserve``: bytes needed besides (the writer)."""
+    alpha_bytes = 0 if pic.alpha is None else pic.alpha.nbytes * model.scale ** 2
+    pixels = upscale_pixels(model, pic.pixels, reserve=reserve + alpha_bytes, **kw)
     alpha = upscale_alpha(pic.alpha, model.scale) if pic.alpha is not None else None
     return replace(pic, pixels=pixels, alpha=alpha)
 
@@ -231,7 +230,17 @@ def upscale_file(model: nn.Module, src: str | os.PathLike, dst: str | os.PathLik
     if "pad" in kw:
         kw["pad"] = check_pad(kw["pad"])
     pic = load_picture(src, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels or None)
-    return save_picture(upscale_picture(model, pic, **kw), dst, quality=quality)
+    height, width = (n * model.scale for n in pic.pixels.shape[:2])
+    writer = write_memory(dst, height, width, colour=1 if pic.pixels.ndim == 2 else 3,
+                          alpha=pic.alpha is not None, dtype=pic.pixels.dtype)  # refuses what dst cannot hold
+    try:
+        out = upscale_picture(model, pic, reserve=writer, **kw)
+    except MemoryError:
+        raise ResourceError(f"{src}: out of memory upscaling it to {width}x{height}: use a smaller --tile "
+                            "or --scale, or upscale the image in parts") from None
+    except ReprfnError as exc:  # name the file: these messages are about the image, not a flag alone
+        raise type(exc)(f"{src}: {exc}") from None
+    return save_picture(out, dst, quality=quality)
 
 
 # ----------------------------------------------------------------------------------------------

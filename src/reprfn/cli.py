@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from . import __version__
-from .checkpoint import CheckpointError, describe, load_model, save_model
+from .checkpoint import describe, load_model, save_model
 from .evaluate import Bicubic, DatasetResult, evaluate_dataset, output_names
 from .io import atomic_path, check_writable
 from .models import build, names

@@ -6,7 +6,9 @@ message names the file, so callers can report it and move on to the next file.
 
 ``read_image`` is the measuring path (eval, training): always 8 bits, alpha dropped.
 ``load_picture`` / ``save_picture`` are the full-fidelity path (``upscale``): a ``Picture`` keeps
-the file's bit depth, alpha, ICC profile and EXIF, and any of PNG/JPEG/WebP/BMP/TIFF is written.
+the file's bit depth, alpha, ICC profile and EXIF, and any of PNG/JPEG/WebP/BMP/TIFF is written
+(PNG, TIFF and BMP with alpha by our own writers, a block of rows at a time, from arrays of any
+strides).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError, UsageError, one_line
+from .errors import ImageError, ReprfnError, UsageError, one_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 GREY_MODES = ("1", "L", "LA", "La")
@@ -93,12 +95,30 @@ def to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(arr.transpose(2, 0, 1).astype(np.float32)).div_(255.0).unsqueeze(0)
 
 
+def check_finite(values: torch.Tensor | np.ndarray) -> None:
+    """Refuse a model output holding NaN or infinity before it is quantized.
+
+    Clamping would turn +inf into white and NaN into an arbitrary level: an image that looks
+    plausible and is wrong. Bad weights and fp16 overflow are the usual causes. One float64 sum
+    tells: NaN and infinities propagate through it, and float32 values cannot overflow it.
+    """
+    if isinstance(values, np.ndarray):
+        total = float(values.sum(dtype=np.float64))
+    else:
+        total = float(values.detach().sum(dtype=torch.float64))
+    if not np.isfinite(total):
+        raise ReprfnError("the model produced non-finite values (NaN or infinity); nothing written "
+                          "(check the weights, or try --precision fp32)")
+
+
 def to_uint8(tensor: torch.Tensor) -> np.ndarray:
     """Float (1, C, H, W) or (C, H, W) tensor in [0, 1] -> uint8 HxWxC (HxW when C is 1).
 
-    Clamped, scaled by 255 and rounded: the 8-bit output every SR benchmark measures.
+    Clamped, scaled by 255 and rounded: the 8-bit output every SR benchmark measures. Non-finite
+    values are refused (``check_finite``).
     """
     t = tensor.detach()
+    check_finite(t)
     if t.dim() == 4:
         if t.shape[0] != 1:
             raise UsageError(f"expected one image, got a batch of {t.shape[0]}")
@@ -160,10 +180,10 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
 
 
 def write_png(img: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write a uint8 HxW or HxWx3 array as a PNG, atomically."""
+    """Write a uint8 HxW or HxWx3 array (any strides) as a PNG, atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        Image.fromarray(np.asarray(img, dtype=np.uint8)).save(tmp, format="PNG")
+        Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).save(tmp, format="PNG")
     return path
 
 
@@ -192,6 +212,11 @@ _TIFF_LAYOUT_TAGS = frozenset({
     322, 323, 324, 325, 338, 339, 340, 341, 347, 513, 514, 529, 530, 531, 532, 34675,
 })
 _PILLOW_LIMIT_LOCK = threading.Lock()
+_BLOCK_BYTES = 1 << 18  # writers and converters work a block of rows of about this size at a time
+_STREAMED_FORMATS = ("PNG", "TIFF", "BMP")  # our own block-by-block writers (BMP: with alpha only)
+_MAX_SIDE = {"JPEG": 65_535, "WEBP": 16_383}  # what the format (or its encoder) can hold
+_MAX_FILE = {"TIFF": 2**32 - 1, "BMP": 2**32 - 1}  # 32-bit offsets and size fields
+_PILLOW_BYTES = {1: 1, 2: 4, 3: 4, 4: 4}  # bytes per pixel of a Pillow image (L, LA, RGB, RGBA)
 
 
 @dataclass
@@ -618,13 +643,12 @@ def save_picture(pic: Picture, path: str | os.PathLike, *, quality: int = 95) ->
     A path that cannot be written is an ``ImageError`` naming it; nothing is left behind.
     """
     path = Path(path)
-    fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise ImageError(f"{path}: unknown image extension {path.suffix!r} "
-                         "(use .png, .jpg, .jpeg, .webp, .bmp, .tif or .tiff)")
+    fmt = _format_of(path)
     _check_picture(pic)
     if not (isinstance(quality, int) and 1 <= quality <= 100):
         raise UsageError(f"quality must be an integer in 1..100, got {quality!r}")
+    colour = 1 if pic.pixels.ndim == 2 else 3
+    write_memory(path, *pic.pixels.shape[:2], colour=colour, alpha=pic.alpha is not None, dtype=pic.pixels.dtype)
     pixels, alpha = _for_format(pic.pixels, pic.alpha, fmt)
     icc = pic.icc_profile if _icc_fits(pic.icc_profile, pixels) else None
     exif = pic.exif or None
@@ -640,6 +664,53 @@ def save_picture(pic: Picture, path: str | os.PathLike, *, quality: int = 95) ->
     return path
 
 
+def _format_of(path: Path) -> str:
+    """The format a path's suffix names; ImageError for any other suffix."""
+    fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageError(f"{path}: unknown image extension {path.suffix!r} "
+                         "(use .png, .jpg, .jpeg, .webp, .bmp, .tif or .tiff)")
+    return fmt
+
+
+def write_memory(path: str | os.PathLike, height: int, width: int, *, colour: int, alpha: bool,
+                 dtype: np.dtype | type) -> int:
+    """Bytes of memory that writing an HxW picture to ``path`` needs besides the picture itself.
+
+    Called before an upscale, so that a request the format cannot hold is refused before any
+    work: an ``ImageError`` naming the file when a side is over the format's limit (JPEG 65,535
+    pixels, WebP 16,383) or the file would be over 4 GB (TIFF, BMP). PNG, TIFF and BMP with alpha
+    are written a block of rows at a time (about 256 KB); JPEG, WebP and BMP without alpha go
+    through Pillow, which needs the whole picture as an image of its own (4 bytes per colour
+    pixel), after an 8-bit (or greyscale-to-RGB) copy where the format asks for one; WebP's
+    encoder makes one more 4-byte copy.
+    """
+    path = Path(path)
+    fmt = _format_of(path)
+    itemsize = np.dtype(dtype).itemsize
+    if fmt in ("JPEG", "WEBP", "BMP"):
+        itemsize = 1
+    alpha = alpha and fmt != "JPEG"
+    if colour == 1 and (fmt == "WEBP" or (fmt == "BMP" and alpha)
+                        or (fmt == "TIFF" and alpha and itemsize == 2)):
+        colour = 3
+    channels, pixels = colour + alpha, height * width
+    limit = _MAX_SIDE.get(fmt)
+    if limit is not None and max(height, width) > limit:
+        raise ImageError(f"{path}: cannot write {width}x{height} as {fmt} (at most {limit:,} pixels "
+                         "a side); write a .png or .tif instead")
+    row = -(-width * colour // 4) * 4 if fmt == "BMP" and not alpha else width * channels * itemsize
+    if fmt in _MAX_FILE and height * row > _MAX_FILE[fmt] - (1 << 20):
+        raise ImageError(f"{path}: cannot write {width}x{height} as {fmt} (a {fmt} file holds at "
+                         "most 4 GB); write a .png instead")
+    if fmt in _STREAMED_FORMATS and (fmt != "BMP" or alpha):
+        return 32 * _BLOCK_BYTES  # a block of rows, its filters and their temporaries
+    converted = pixels * channels if (np.dtype(dtype).itemsize == 2 or fmt == "WEBP") else 0
+    interleaved = pixels * channels if alpha else 0
+    encoder = pixels * 4 if fmt == "WEBP" else 0
+    return converted + interleaved + pixels * _PILLOW_BYTES[channels] + encoder
+
+
 def _check_picture(pic: Picture) -> None:
     """Programming errors (wrong shapes or dtypes) are ValueErrors before any file is touched."""
     px, alpha = pic.pixels, pic.alpha
@@ -653,10 +724,17 @@ def _check_picture(pic: Picture) -> None:
 
 
 def _to_8bit16(arr: np.ndarray) -> np.ndarray:
-    """uint16 -> uint8 by rounding x / 257 (65535 -> 255, 257 -> 1); uint8 passes through."""
+    """uint16 -> uint8 by rounding x / 257 (65535 -> 255, 257 -> 1); uint8 passes through.
+
+    A block of rows at a time, so the uint32 arithmetic never holds a copy of a whole picture.
+    """
     if arr.dtype == np.uint8:
         return arr
-    return ((arr.astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)
+    out = np.empty(arr.shape, np.uint8)
+    rows = max(1, _BLOCK_BYTES // max(1, arr[:1].size * 4))
+    for y in range(0, arr.shape[0], rows):
+        out[y:y + rows] = (arr[y:y + rows].astype(np.uint32) * 2 + 257) // 514
+    return out
 
 
 def _for_format(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str):
@@ -681,36 +759,75 @@ def _icc_fits(icc: bytes | None, pixels: np.ndarray) -> bool:
     return space is None or space == (b"GRAY" if pixels.ndim == 2 else b"RGB ")
 
 
+@dataclass(frozen=True)
+class _Samples:
+    """Colour (HxW or HxWxC) and an optional HxW alpha seen as HxWxC' samples, alpha last.
+
+    Writers take it a block of rows at a time: interleaving the whole picture first would copy
+    the largest array of an upscale once more. Each block is a new C-contiguous array in the byte
+    order the format wants, whatever the strides of the arrays given (views, flips, transposes).
+    """
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        h, w = self.pixels.shape[:2]
+        colour = 1 if self.pixels.ndim == 2 else self.pixels.shape[2]
+        return h, w, colour + (self.alpha is not None)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.pixels.dtype
+
+    def rows(self, start: int, stop: int, dtype: np.dtype | str | None = None) -> np.ndarray:
+        """Rows ``start:stop`` as a new C-contiguous (rows, W, C) array of ``dtype`` (default: as stored)."""
+        colour = self.pixels[start:stop]
+        _, w, c = self.shape
+        out = np.empty((colour.shape[0], w, c), dtype=dtype or self.dtype)
+        out[..., :c - (self.alpha is not None)] = colour[..., None] if colour.ndim == 2 else colour
+        if self.alpha is not None:
+            out[..., -1] = self.alpha[start:stop]
+        return out
+
+    def blocks(self, block_bytes: int = _BLOCK_BYTES) -> list[tuple[int, int]]:
+        """(start, stop) row ranges of about ``block_bytes`` each, covering the picture."""
+        h, w, c = self.shape
+        n = max(1, block_bytes // (w * c * self.dtype.itemsize))
+        return [(y, min(y + n, h)) for y in range(0, h, n)]
+
+
 def _with_alpha(pixels: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
-    """HxW[x3] + HxW alpha -> HxWxC samples, C in 1..4."""
-    samples = pixels[..., None] if pixels.ndim == 2 else pixels
-    return samples if alpha is None else np.concatenate([samples, alpha[..., None]], axis=2)
+    """HxW[x3] + HxW alpha -> one C-contiguous HxWxC array, C in 1..4 (for Pillow).
+
+    Contiguous pixels without alpha are returned as they are (a view), not copied.
+    """
+    if alpha is None and pixels.flags.c_contiguous:
+        return pixels[..., None] if pixels.ndim == 2 else pixels
+    return _Samples(pixels, alpha).rows(0, pixels.shape[0])
 
 
 def _write(tmp: Path, fmt: str, pixels: np.ndarray, alpha: np.ndarray | None,
            icc: bytes | None, exif: bytes | None, quality: int) -> None:
-    samples = _with_alpha(pixels, alpha)
-    if fmt == "TIFF":
+    samples = _Samples(pixels, alpha)
+    if fmt in _STREAMED_FORMATS and (fmt != "BMP" or alpha is not None):
+        writer = {"TIFF": _write_tiff, "PNG": _write_png, "BMP": _write_bmp_rgba}[fmt]
         with open(tmp, "wb") as fp:
-            _write_tiff(fp, samples, icc, exif)
-    elif fmt == "PNG" and samples.dtype == np.uint16:
-        with open(tmp, "wb") as fp:
-            _write_png16(fp, samples, icc, exif)
-    elif fmt == "BMP" and alpha is not None:
-        with open(tmp, "wb") as fp:
-            _write_bmp_rgba(fp, samples)
-    else:
-        im = Image.fromarray(np.ascontiguousarray(samples[..., 0] if samples.shape[2] == 1 else samples))
-        options: dict = {}
-        if fmt != "BMP":
-            options.update({k: v for k, v in (("icc_profile", icc), ("exif", exif)) if v})
-        if fmt == "JPEG":
-            options["quality"] = quality
-            if exif and len(exif) > 65533:  # one APP1 segment; Pillow refuses larger
-                del options["exif"]
-        elif fmt == "WEBP":
-            options.update(lossless=True, exact=True)  # exact: keep colour under transparent pixels
-        im.save(tmp, format=fmt, **options)
+            writer(fp, samples, icc, exif)
+        return
+    whole = _with_alpha(pixels, alpha)
+    im = Image.fromarray(whole[..., 0] if whole.shape[2] == 1 else whole)
+    options: dict = {}
+    if fmt != "BMP":
+        options.update({k: v for k, v in (("icc_profile", icc), ("exif", exif)) if v})
+    if fmt == "JPEG":
+        options["quality"] = quality
+        if exif and len(exif) > 65533:  # one APP1 segment; Pillow refuses larger
+            del options["exif"]
+    elif fmt == "WEBP":
+        options.update(lossless=True, exact=True)  # exact: keep colour under transparent pixels
+    im.save(tmp, format=fmt, **options)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -721,42 +838,54 @@ def _png_filter(rows: np.ndarray, above: np.ndarray, bpp: int) -> bytes:
     """Filter rows of bytes for PNG, choosing per row the filter with the smallest output.
 
     The minimum-sum-of-absolute-differences choice is libpng's heuristic; all five filters are
-    computed from the unfiltered bytes, so the whole block is vectorised.
+    computed from the unfiltered bytes, so the whole block is vectorised. Filters are bytes
+    modulo 256, so they are computed in uint8 (wrapping); only Average's sum and Paeth's
+    distances need 16 bits.
     """
-    x = rows.astype(np.int16)
-    up = np.vstack([above[None], rows[:-1]]).astype(np.int16)
+    x = rows
+    up = np.vstack([above[None], rows[:-1]])
     left = np.zeros_like(x)
     left[:, bpp:] = x[:, :-bpp]
     corner = np.zeros_like(x)
     corner[:, bpp:] = up[:, :-bpp]
-    p = left + up - corner
-    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - corner)
+    l16, u16, c16 = left.astype(np.int16), up.astype(np.int16), corner.astype(np.int16)
+    pa, pb, pc = np.abs(u16 - c16), np.abs(l16 - c16), np.abs(l16 + u16 - 2 * c16)  # |p - left|, |p - up|, |p - corner|
     paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, corner))
-    candidates = (np.stack([x, x - left, x - up, x - ((left + up) >> 1), x - paeth]) & 0xFF).astype(np.uint8)
-    cost = np.abs(candidates.view(np.int8).astype(np.int32)).sum(axis=2)
+    average = ((l16 + u16) >> 1).astype(np.uint8)
+    candidates = [x, x - left, x - up, x - average, x - paeth]
+    # |byte as int8| summed per row: min(b, 256 - b), accumulated in 32 bits without a 32-bit copy
+    cost = np.stack([np.add.reduce(np.minimum(c, np.negative(c)), axis=1, dtype=np.uint32) for c in candidates])
     best = cost.argmin(axis=0)
-    chosen = candidates[best, np.arange(len(rows))]
-    return np.hstack([best[:, None].astype(np.uint8), chosen]).tobytes()
+    out = np.empty((len(rows), 1 + rows.shape[1]), np.uint8)
+    out[:, 0] = best
+    for kind, candidate in enumerate(candidates):
+        chosen = best == kind
+        out[chosen, 1:] = candidate[chosen]
+    return out.tobytes()
 
 
-def _write_png16(fp, samples: np.ndarray, icc: bytes | None, exif: bytes | None) -> None:
-    """A 16-bit PNG (grey, grey+alpha, RGB, RGBA): Pillow cannot write 16-bit colour PNGs."""
+def _write_png(fp, samples: _Samples, icc: bytes | None, exif: bytes | None) -> None:
+    """A PNG of 8 or 16 bits (grey, grey+alpha, RGB, RGBA), filtered and compressed block by block.
+
+    Ours rather than Pillow's: Pillow cannot write 16-bit colour PNGs, and for 8 bits it would
+    first copy the whole picture into an image of its own (4 bytes per RGB pixel).
+    """
     h, w, c = samples.shape
+    size = samples.dtype.itemsize
     colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    ihdr = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)  # no interlacing
+    ihdr = struct.pack(">IIBBBBB", w, h, 8 * size, colour_type, 0, 0, 0)  # no interlacing
     fp.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr))
     if icc:
         fp.write(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
     if exif:
         fp.write(_png_chunk(b"eXIf", exif[len(_EXIF_PREFIX):] if exif.startswith(_EXIF_PREFIX) else exif))
-    data = samples.astype(">u2").view(np.uint8).reshape(h, w * c * 2)
-    block = max(1, (1 << 20) // data.shape[1])  # bound the filter's working memory
-    compressor = zlib.compressobj(6)
-    above = np.zeros(data.shape[1], np.uint8)
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 15, 8, zlib.Z_FILTERED)  # as libpng and Pillow
+    above = np.zeros(w * c * size, np.uint8)
     pending = b""
-    for y in range(0, h, block):
-        pending += compressor.compress(_png_filter(data[y:y + block], above, c * 2))
-        above = data[min(y + block, h) - 1]
+    for start, stop in samples.blocks():
+        data = samples.rows(start, stop, samples.dtype.newbyteorder(">")).view(np.uint8).reshape(stop - start, -1)
+        pending += compressor.compress(_png_filter(data, above, c * size))
+        above = data[-1].copy()
         if len(pending) >= 1 << 18:
             fp.write(_png_chunk(b"IDAT", pending))
             pending = b""
@@ -764,15 +893,19 @@ def _write_png16(fp, samples: np.ndarray, icc: bytes | None, exif: bytes | None)
     fp.write(_png_chunk(b"IEND", b""))
 
 
-def _write_tiff(fp, samples: np.ndarray, icc: bytes | None, exif: bytes | None, *,
+def _write_tiff(fp, samples: _Samples | np.ndarray, icc: bytes | None, exif: bytes | None, *,
                 big_endian: bool = False, compress: bool = True) -> None:
     """A baseline TIFF, 8 or 16 bits, deflate with horizontal prediction, EXIF tags in IFD0.
 
     Ours rather than Pillow's: Pillow cannot write 16-bit colour, and its compressed (libtiff)
-    writer fails on EXIF with sub-IFDs.
+    writer fails on EXIF with sub-IFDs. Strips are compressed and written one at a time: the IFD
+    goes first with placeholder strip offsets and sizes (fixed-size LONGs) and is written again,
+    the same length, once they are known.
     """
     from PIL import TiffImagePlugin
 
+    if isinstance(samples, np.ndarray):
+        samples = _Samples(samples)
     h, w, c = samples.shape
     bits = samples.dtype.itemsize * 8
     ifd = TiffImagePlugin.ImageFileDirectory_v2(prefix=b"MM" if big_endian else b"II")
@@ -788,21 +921,28 @@ def _write_tiff(fp, samples: np.ndarray, icc: bytes | None, exif: bytes | None, 
         ifd[338] = (2,)  # unassociated alpha
     if icc:
         ifd[34675] = icc
-    data = samples.astype(samples.dtype.newbyteorder(">" if big_endian else "<"))
     if compress:
         ifd[317] = 2  # horizontal differencing: much smaller deflate output for photos
-        data[:, 1:] -= samples[:, :-1]  # astype made a copy
-    row_bytes = w * c * samples.dtype.itemsize
-    rows = max(1, (1 << 18) // row_bytes)
-    strips = [data[y:y + rows].tobytes() for y in range(0, h, rows)]
-    if compress:
-        strips = [zlib.compress(s, 6) for s in strips]
-    ifd[278] = rows
-    ifd[273] = tuple(int(o) for o in np.cumsum([0] + [len(s) for s in strips[:-1]]))
-    ifd[279] = tuple(len(s) for s in strips)
-    ifd.save(fp)  # header and IFD; strip offsets are made absolute, pointing just past it
-    for s in strips:
-        fp.write(s)
+    strips = samples.blocks(1 << 18)
+    ifd[278] = strips[0][1]
+    ifd[273] = ifd[279] = (0,) * len(strips)
+    start = fp.tell()
+    end = ifd.save(fp)  # header and IFD; Pillow adds ``end`` to the strip offsets
+    offsets, sizes = [], []
+    order = samples.dtype.newbyteorder(">" if big_endian else "<")
+    for y0, y1 in strips:
+        data = samples.rows(y0, y1, order)
+        if compress:
+            data[:, 1:] -= data[:, :-1].copy()
+        data = zlib.compress(data.tobytes(), 6) if compress else data.tobytes()
+        offsets.append(fp.tell() - end)
+        sizes.append(len(data))
+        fp.write(data)
+    ifd[273], ifd[279] = tuple(offsets), tuple(sizes)
+    fp.seek(start)
+    if ifd.save(fp) != end:
+        raise ValueError("TIFF directory changed size")
+    fp.seek(0, os.SEEK_END)
 
 
 def _exif_tiff_tags(exif: bytes | None) -> dict:
@@ -840,16 +980,19 @@ def _tiff_serialisable(tag: int, value) -> bool:
     return True
 
 
-def _write_bmp_rgba(fp, rgba: np.ndarray) -> None:
-    """A 32-bit BMP with an explicit alpha mask (BITMAPV4HEADER, BI_BITFIELDS).
+def _write_bmp_rgba(fp, samples: _Samples, icc: bytes | None = None, exif: bytes | None = None) -> None:
+    """A 32-bit BMP with an explicit alpha mask (BITMAPV4HEADER, BI_BITFIELDS); no ICC or EXIF.
 
     Pillow writes RGBA as plain 32-bit BI_RGB, whose fourth byte readers (Pillow included) ignore.
+    Rows are stored bottom-up, so the blocks are written last first.
     """
-    h, w, _ = rgba.shape
-    pixels = np.ascontiguousarray(rgba[::-1][..., [2, 1, 0, 3]]).tobytes()  # bottom-up BGRA
+    h, w, _ = samples.shape
+    size = h * w * 4
     header = struct.pack(
-        "<IiiHHIIiiII4I4s36s3I", 108, w, h, 1, 32, 3, len(pixels), 2835, 2835, 0, 0,
+        "<IiiHHIIiiII4I4s36s3I", 108, w, h, 1, 32, 3, size, 2835, 2835, 0, 0,
         0x00FF0000, 0x0000FF00, 0x000000FF, 0xFF000000, b"BGRs", b"\0" * 36, 0, 0, 0,
     )
     offset = 14 + len(header)
-    fp.write(b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + header + pixels)
+    fp.write(b"BM" + struct.pack("<IHHI", offset + size, 0, 0, offset) + header)
+    for y0, y1 in reversed(samples.blocks()):
+        fp.write(samples.rows(y0, y1)[::-1][..., [2, 1, 0, 3]].tobytes())  # bottom-up BGRA

@@ -63,11 +63,16 @@ def contributions(in_length: int, out_length: int, scale: float) -> tuple[np.nda
     return weights, indices
 
 
-def _resize_axis(img: np.ndarray, axis: int, out_length: int, scale: float, round_uint8: bool) -> np.ndarray:
-    """One pass along ``axis``, summing taps left to right in float64, as MATLAB's MEX does."""
+def _resize_axis(img: np.ndarray, axis: int, out_length: int, scale: float, round_uint8: bool,
+                 part: slice = slice(None)) -> np.ndarray:
+    """One pass along ``axis``, summing taps left to right in float64, as MATLAB's MEX does.
+
+    ``part``: only these output positions along ``axis`` (each computed exactly as in the full pass).
+    """
     weights, indices = contributions(img.shape[axis], out_length, scale)
+    weights, indices = weights[part], indices[part]
     src = np.moveaxis(img, axis, 0).astype(np.float64, copy=False)
-    out = np.zeros((out_length,) + src.shape[1:], dtype=np.float64)
+    out = np.zeros((len(weights),) + src.shape[1:], dtype=np.float64)
     expand = (slice(None),) + (None,) * (src.ndim - 1)
     for t in range(weights.shape[1]):
         out += weights[:, t][expand] * src[indices[:, t]]
@@ -102,6 +107,24 @@ def imresize(img: np.ndarray, scale: float | tuple[float, float]) -> np.ndarray:
         s = (sh, sw)[axis]
         out = _resize_axis(out, axis, out_shape[axis], s, round_uint8=is_uint8)
     return out
+
+
+def imresize_rows(img: np.ndarray, scale: float | tuple[float, float], start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of ``imresize(img, scale)``, the same numbers, for HxW or HxWxC arrays.
+
+    A large output can so be made a band of rows at a time instead of holding float64 copies of
+    all of it. When rows are resized first (always for equal scales) only the band's rows are
+    computed; otherwise the column pass runs on the whole image for every band.
+    """
+    img = np.asarray(img)
+    is_uint8 = img.dtype == np.uint8
+    sh, sw = _scales(scale)
+    out_h, out_w = output_length(img.shape[0], sh), output_length(img.shape[1], sw)
+    rows = slice(start, min(stop, out_h))
+    if sh <= sw:
+        band = _resize_axis(img, 0, out_h, sh, is_uint8, rows)
+        return _resize_axis(band, 1, out_w, sw, is_uint8)
+    return _resize_axis(_resize_axis(img, 1, out_w, sw, is_uint8), 0, out_h, sh, is_uint8, rows)
 
 
 def _matrix(in_length: int, out_length: int, scale: float, like: torch.Tensor) -> torch.Tensor:
