@@ -154,21 +154,21 @@ def test_atomic_path_removes_its_temporary_on_any_exception(tmp_path, exc):
 
 # ------------------------------------------------------------------------------ signals mid-write
 
-# Runs `reprfn upscale` with Pillow's save slowed down: the temporary file is fully written, then
-# the process says so on stdout and sleeps, so the test can signal it at a known point mid-write.
+# Runs `reprfn upscale` with the image writer slowed down: the temporary file is fully written,
+# then the process says so on stdout and sleeps, so the test can signal it at a known point mid-write.
 _SLOW_WRITER = """
 import sys, time
-from PIL import Image
+import reprfn.io
 from reprfn.cli import main
 
-original = Image.Image.save
+original = reprfn.io._write
 
-def slow_save(self, fp, *args, **kwargs):
-    original(self, fp, *args, **kwargs)
-    print("writing", fp, flush=True)
+def slow_write(tmp, *args, **kwargs):
+    original(tmp, *args, **kwargs)
+    print("writing", tmp, flush=True)
     time.sleep(120)
 
-Image.Image.save = slow_save
+reprfn.io._write = slow_write
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -195,15 +195,17 @@ def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path, images):
 
 def test_ctrl_c_during_a_write_leaves_no_temporary_file(tmp_path, images, capsys, monkeypatch):
     """The same in this process: Ctrl-C is a KeyboardInterrupt wherever Python happens to be."""
-    seen: list[Path] = []
-    original = Image.Image.save
+    import reprfn.io
 
-    def interrupted_save(self, fp, *args, **kwargs):
-        original(self, fp, *args, **kwargs)
-        seen.append(Path(fp))
+    seen: list[Path] = []
+    original = reprfn.io._write
+
+    def interrupted_write(tmp, *args, **kwargs):
+        original(tmp, *args, **kwargs)
+        seen.append(Path(tmp))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Image.Image, "save", interrupted_save)
+    monkeypatch.setattr(reprfn.io, "_write", interrupted_write)
     out = tmp_path / "out"
     code = main(["upscale", "-i", str(images / "a.png"), "-o", str(out / "a.png"), "-s", "2",
                  "--backend", "torch", "--device", "cpu", "--quiet"])
