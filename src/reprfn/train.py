@@ -288,10 +288,15 @@ def make_scheduler(optimizer: torch.optim.Optimizer, t: TrainConfig) -> torch.op
 def make_loader(sampler: PatchSampler, start: int, stop: int, workers: int,
                 device: torch.device) -> torch.utils.data.DataLoader:
     """Batches ``start..stop-1`` in order. Each batch is ``sampler[iteration]``, a pure function of
-    (seed, iteration), so the number of workers changes only the speed."""
+    (seed, iteration), so the number of workers changes only the speed.
+
+    Workers are started with ``spawn``, not ``fork``: a process that has already run thread pools
+    (oneDNN, OpenVINO's TBB, ONNX Runtime) is not safe to fork, and forked workers were seen to
+    hand back corrupted batches after such pools had run in the same process."""
     return torch.utils.data.DataLoader(
         sampler, batch_size=None, sampler=range(start, stop), num_workers=workers,
-        pin_memory=device.type == "cuda", persistent_workers=False)
+        pin_memory=device.type == "cuda", persistent_workers=False,
+        multiprocessing_context="spawn" if workers else None)
 
 
 def use_channels_last(t: TrainConfig, device: torch.device) -> bool:
