@@ -223,7 +223,7 @@ def memory(args) -> list[dict]:
 
 
 def table(res: dict) -> str:
-    lines = [f"| variant | ms | speed-up vs baseline | GFLOP/s | of NCHW conv | of channels-last conv | max abs diff | 8-bit levels |",
+    lines = ["| variant | ms | speed-up vs baseline | GFLOP/s | of NCHW conv | of channels-last conv | max abs diff | 8-bit levels |",
              "|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         diff = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "(other model)"
