@@ -216,3 +216,79 @@ class PatchSampler(torch.utils.data.Dataset):
 def _to_batch(images: Iterable[np.ndarray]) -> torch.Tensor:
     arr = np.stack([np.ascontiguousarray(im) for im in images])
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def dihedral_coords(codes: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source (row, column) in a ``size``-square crop of every output pixel, per sample: the index
+    form of ``dihedral`` (flip columns if ``code & 1``, then rows if ``code & 2``, then transpose
+    if ``code & 4``), so that a batch of crops and their flips/rotations is one gather."""
+    grid = torch.arange(size, device=codes.device)
+    y, x = grid.view(1, size, 1), grid.view(1, 1, size)
+    c = codes.view(-1, 1, 1)
+    transpose = (c & 4).bool()
+    i, j = torch.where(transpose, x, y), torch.where(transpose, y, x)
+    rows = torch.where((c & 2).bool(), size - 1 - i, i)
+    cols = torch.where((c & 1).bool(), size - 1 - j, j)
+    return rows, cols
+
+
+class ResidentPatches:
+    """Training batches cut where the model runs, from every image held there once as uint8.
+
+    On a GPU a DataLoader feeding a lightweight network is the bottleneck (launch- and
+    host-bound at about a thousand patches per second); the whole training set is a few hundred
+    megabytes as uint8, so it lives on the device, padded into one (N, H, W, C) tensor per
+    resolution, and a batch (random aligned crops with their eight flips/rotations) is one gather
+    per resolution. ``batch(iteration)`` is a pure function of ``(seed, iteration)`` drawn with a
+    generator on the device, so a resumed run sees the same patches on the same kind of device
+    (the stream differs between CPU and CUDA generators). ``crop(plan)`` cuts exactly what
+    ``PatchSampler`` cuts for the same plan (tested), in channels-last memory.
+    """
+
+    def __init__(self, pairs: Sequence[Pair], scale: int, patch_size: int, batch_size: int,
+                 seed: int, device: torch.device | str, *, augment: bool = True) -> None:
+        if patch_size % scale:
+            raise DataError(f"train.patch_size {patch_size} is not a multiple of the scale {scale}")
+        self.scale, self.lp, self.batch_size = scale, patch_size // scale, batch_size
+        self.seed, self.augment, self.device = seed, augment, torch.device(device)
+        sizes = [p.lr.shape[:2] for p in pairs]
+        if any(min(s) < self.lp for s in sizes):
+            raise DataError(f"an LR image is smaller than the {self.lp}-pixel LR patch")
+        channels = pairs[0].lr.shape[2] if pairs[0].lr.ndim == 3 else 1
+        h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
+        self.lr = torch.zeros(len(pairs), h, w, channels, dtype=torch.uint8, device=self.device)
+        self.hr = torch.zeros(len(pairs), h * scale, w * scale, channels, dtype=torch.uint8, device=self.device)
+        for k, p in enumerate(pairs):
+            lh, lw = p.lr.shape[:2]
+            self.lr[k, :lh, :lw] = torch.from_numpy(p.lr.reshape(lh, lw, channels)).to(self.device)
+            self.hr[k, : lh * scale, : lw * scale] = torch.from_numpy(
+                p.hr[: lh * scale, : lw * scale].reshape(lh * scale, lw * scale, channels)).to(self.device)
+        self.limits = torch.tensor([[s[0] - self.lp + 1, s[1] - self.lp + 1] for s in sizes], device=self.device)
+
+    def plan(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(image, lr_top, lr_left, augmentation) tensors of the batch of ``iteration``."""
+        gen = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + iteration)
+        n, b = self.limits.shape[0], self.batch_size
+        image = torch.randint(n, (b,), generator=gen, device=self.device)
+        u = torch.rand(b, 2, generator=gen, device=self.device)
+        corner = (u * self.limits[image]).long()  # uniform in [0, limit) per image
+        code = (torch.randint(8, (b,), generator=gen, device=self.device) if self.augment
+                else torch.zeros(b, dtype=torch.long, device=self.device))
+        return image, corner[:, 0], corner[:, 1], code
+
+    def crop(self, image: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+             code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """LR and HR float batches in [0, 1], (B, C, h, w) channels-last, for the given plan."""
+        return self._gather(self.lr, image, top, left, code, 1), self._gather(self.hr, image, top, left, code, self.scale)
+
+    def batch(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.crop(*self.plan(iteration))
+
+    def _gather(self, images: torch.Tensor, image: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+                code: torch.Tensor, s: int) -> torch.Tensor:
+        size = self.lp * s
+        rows, cols = dihedral_coords(code, size)
+        rows = rows + (top * s).view(-1, 1, 1)
+        cols = cols + (left * s).view(-1, 1, 1)
+        patches = images[image.view(-1, 1, 1), rows, cols]  # (B, size, size, C)
+        return patches.permute(0, 3, 1, 2).float().div_(255.0)
