@@ -21,7 +21,7 @@ from PIL import Image
 from reprfn.cli import main
 from reprfn.errors import ExportError
 from reprfn.export import opset_range
-from reprfn.io import atomic_path, check_writable
+from reprfn.files import atomic_path, check_writable
 
 FAST_S = 3.0  # a refusal loads at most the bundled model; the work it prevents takes longer
 

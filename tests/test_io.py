@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from reprfn import files
 from reprfn import io as rio
 from reprfn.io import (
     DEFAULT_MAX_PIXELS, ImageError, Picture, list_images, load_picture, output_format, read_image,
@@ -517,7 +518,7 @@ def test_permission_error_is_reported_even_as_root(tmp_path, rgb, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / ".x.png.abc.tmp"))
 
-    monkeypatch.setattr(rio.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(files.tempfile, "mkstemp", denied)
     with pytest.raises(ImageError) as info:
         save_picture(Picture(rgb), tmp_path / "x.png")
     assert str(info.value) == f"{tmp_path / 'x.png'}: cannot write (Permission denied)"

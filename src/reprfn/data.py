@@ -24,7 +24,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .io import ImageError, atomic_path, list_images, read_image
+from .files import atomic_path
+from .io import ImageError, list_images, read_image
 from .resize import imresize
 from .errors import DataError
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .checkpoint import metadata_for
-from .io import atomic_path
+from .files import atomic_path
 
 from .errors import ExportError, UsageError
 
