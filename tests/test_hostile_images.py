@@ -21,7 +21,7 @@ from reprfn import cli, infer
 from reprfn.api import upscale_alpha, upscale_file
 from reprfn.checkpoint import bundled_weights
 from reprfn.errors import ImageError, ReprfnError, ResourceError
-from reprfn.io import Picture, save_picture, to_uint8, write_png
+from reprfn.images import Picture, save_picture, to_uint8, write_png
 from reprfn.resize import imresize, imresize_rows
 
 SAMPLE = bundled_weights(2).parent.parent / "assets" / "astronaut.png"

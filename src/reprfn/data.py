@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from .files import atomic_path
-from .io import ImageError, list_images, read_image
+from .images import list_images, read_image
 from .resize import imresize
-from .errors import DataError
+from .errors import DataError, ImageError
 
 
 @dataclass(frozen=True)

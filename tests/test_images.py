@@ -1,4 +1,4 @@
-"""Decoding image files to arrays, the tensor conventions, full-fidelity pictures, one-line errors."""
+"""reprfn.images: decoding files to arrays, the tensor conventions, full-fidelity pictures, one-line errors."""
 
 from __future__ import annotations
 
@@ -13,11 +13,15 @@ import torch
 from PIL import Image, ImageOps
 
 from reprfn import files
-from reprfn import io as rio
-from reprfn.io import (
-    DEFAULT_MAX_PIXELS, ImageError, Picture, list_images, load_picture, output_format, read_image,
+from reprfn.errors import ImageError
+from reprfn.images import (
+    DEFAULT_MAX_PIXELS, Picture, list_images, load_picture, output_format, read_image,
     save_picture, to_tensor, to_uint8, write_png,
 )
+from reprfn.images import write as image_write
+from reprfn.images.metadata import orient, patch_orientation
+from reprfn.images.png16 import png_chunk
+from reprfn.images.tiff import write_tiff
 
 
 @pytest.fixture
@@ -132,8 +136,8 @@ def _png16(path, samples: np.ndarray, interlace: bool = False) -> None:
         for x0, y0, dx, dy in passes for row in samples[y0::dy, x0::dx] if row.size
     )
     ihdr = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, int(interlace))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + rio._png_chunk(b"IHDR", ihdr)
-                     + rio._png_chunk(b"IDAT", zlib.compress(raw)) + rio._png_chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+                     + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b""))
 
 
 def _samples(pic: Picture) -> np.ndarray:
@@ -237,7 +241,7 @@ def test_16_bit_png_from_elsewhere_keeps_16_bits(tmp_path, channels, interlace):
 def test_16_bit_tiff_both_byte_orders_raw_and_deflate(tmp_path, big_endian, compress, channels):
     samples = np.random.default_rng(channels).integers(0, 65536, (7, 10, channels), dtype=np.uint16)
     with open(tmp_path / "t.tif", "wb") as fp:
-        rio._write_tiff(fp, samples, None, None, big_endian=big_endian, compress=compress)
+        write_tiff(fp, samples, None, None, big_endian=big_endian, compress=compress)
     pic = load_picture(tmp_path / "t.tif")
     assert pic.format == "TIFF" and pic.pixels.dtype == np.uint16
     assert np.array_equal(_samples(pic), samples)
@@ -310,7 +314,7 @@ def test_16_bit_rgb_colour_key_becomes_alpha(tmp_path):
     samples = np.random.default_rng(5).integers(0, 65536, (4, 5, 3), dtype=np.uint16)
     _png16(tmp_path / "k.png", samples)
     data = tmp_path.joinpath("k.png").read_bytes()
-    trns = rio._png_chunk(b"tRNS", samples[1, 2].astype(">u2").tobytes())
+    trns = png_chunk(b"tRNS", samples[1, 2].astype(">u2").tobytes())
     tmp_path.joinpath("k.png").write_bytes(data[:33] + trns + data[33:])  # after IHDR
     pic = load_picture(tmp_path / "k.png")
     assert pic.alpha.dtype == np.uint16 and pic.alpha[1, 2] == 0 and int((pic.alpha == 65535).sum()) == 19
@@ -356,16 +360,16 @@ def test_exif_rotated_jpeg(tmp_path, rgb):
 
 def test_orientation_patch_keeps_every_other_byte():
     raw = _exif(8).tobytes()
-    patched = rio._patch_orientation(raw)
+    patched = patch_orientation(raw)
     assert len(patched) == len(raw) and sum(a != b for a, b in zip(raw, patched)) == 1
     untagged = _exif().tobytes()
-    assert rio._patch_orientation(untagged) == untagged  # no orientation entry: nothing to change
-    assert rio._patch_orientation(b"Exif\x00\x00XX") is None  # cannot be followed: caller decides
+    assert patch_orientation(untagged) == untagged  # no orientation entry: nothing to change
+    assert patch_orientation(b"Exif\x00\x00XX") is None  # cannot be followed: caller decides
 
 
 def test_tiff_orientation_and_metadata(tmp_path, rgb):
     with open(tmp_path / "o.tif", "wb") as fp:
-        rio._write_tiff(fp, rgb, _srgb_icc(), _exif(6).tobytes())
+        write_tiff(fp, rgb, _srgb_icc(), _exif(6).tobytes())
     with Image.open(tmp_path / "o.tif") as im:
         expected = np.asarray(ImageOps.exif_transpose(im))
     pic = load_picture(tmp_path / "o.tif")
@@ -471,7 +475,7 @@ def test_decompression_bomb_guard(tmp_path, rgb, monkeypatch):
     # a header claiming 10^10 pixels is refused before anything is decoded, in one line
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
     chunks = [(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"")), (b"IEND", b"")]
-    tmp_path.joinpath("bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(rio._png_chunk(*c) for c in chunks))
+    tmp_path.joinpath("bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(png_chunk(*c) for c in chunks))
     with pytest.raises(ImageError) as info:
         load_picture(tmp_path / "bomb.png")
     assert "bomb.png: 100000x100000" in str(info.value) and f"{DEFAULT_MAX_PIXELS:,}" in str(info.value)
@@ -534,7 +538,7 @@ def test_failure_mid_write_keeps_old_file_and_leaves_no_temporary(tmp_path, rgb,
         Path(tmp).write_bytes(b"partial")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(rio, "_write", half_then_fail)
+    monkeypatch.setattr(image_write, "_write", half_then_fail)
     with pytest.raises(ImageError) as info:
         save_picture(Picture(rgb[::-1]), out)
     assert str(info.value) == f"{out}: cannot write (No space left on device)"
@@ -567,4 +571,4 @@ def test_orient_matches_pillow(orientation):
               8: Image.Transpose.ROTATE_90}.get(orientation)
     im = Image.fromarray(arr[..., 0])
     expected = np.asarray(im if method is None else im.transpose(method))
-    assert np.array_equal(rio._orient(arr, orientation)[..., 0], expected)
+    assert np.array_equal(orient(arr, orientation)[..., 0], expected)
