@@ -8,6 +8,7 @@ import struct
 import zlib
 
 import numpy as np
+import PIL
 import pytest
 import torch
 from PIL import Image, ImageOps
@@ -572,3 +573,48 @@ def test_orient_matches_pillow(orientation):
     im = Image.fromarray(arr[..., 0])
     expected = np.asarray(im if method is None else im.transpose(method))
     assert np.array_equal(orient(arr, orientation)[..., 0], expected)
+
+
+# ------------------------------------------------------------------ the private part of Pillow we use
+
+
+def test_pillow_still_needs_the_16_bit_decode_and_its_tile_layout_holds(tmp_path):
+    """reprfn.images.wide rewrites Pillow's private ``im.tile`` to get the low bytes of 16-bit
+    colour. This fails loudly when Pillow changes: a 16-bit colour mode (then decode with the public
+    API and delete wide.py), or a tile layout the rewrite no longer understands."""
+    from reprfn.images.wide import WIDE_RAWMODES, tile_rawmode
+
+    samples = np.random.default_rng(9).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    _png16(tmp_path / "c.png", samples)
+    with open(tmp_path / "c.tif", "wb") as fp:
+        write_tiff(fp, samples, None, None, compress=False)
+    for name in ("c.png", "c.tif"):
+        with Image.open(tmp_path / name) as im:
+            assert im.mode == "RGB" and not any("16" in m and m.startswith("RGB") for m in Image.MODES), (
+                f"Pillow {PIL.__version__} opens 16-bit RGB as {im.mode}: decode it with the public API")
+            assert len(im.tile) == 1 and len(im.tile[0]) == 4, im.tile  # (codec, extents, offset, args)
+            assert tile_rawmode(im) in WIDE_RAWMODES, im.tile  # args: a rawmode, or a tuple starting with one
+            assert np.array_equal(np.asarray(im), (samples >> 8).astype(np.uint8))  # the high byte only
+        assert np.array_equal(load_picture(tmp_path / name).pixels, samples)  # the rewrite gives the rest
+
+
+# ------------------------------------------------------------------ encoding in memory
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".bmp", ".tif"])
+@pytest.mark.parametrize("kind", ["rgb", "rgba"])
+def test_encode_picture_gives_the_bytes_save_picture_writes(tmp_path, suffix, kind):
+    pic = _picture(kind, np.uint16 if suffix in (".png", ".tif") else np.uint8)
+    pic = Picture(pic.pixels, pic.alpha, _srgb_icc(), _exif(1).tobytes())
+    encoded = image_write.encode_picture(pic, f"result{suffix}")
+    assert encoded == save_picture(pic, tmp_path / f"x{suffix}").read_bytes()
+    assert _listing(tmp_path) == [f"x{suffix}"]
+
+
+def test_encode_picture_refusals_name_the_result(rgb):
+    with pytest.raises(ImageError, match=r"^r\.gif: unknown image extension '\.gif'"):
+        image_write.encode_picture(Picture(rgb), "r.gif")
+    with pytest.raises(ImageError, match=r"^r\.webp: cannot write 16384x1 as WEBP \(at most 16,383"):
+        image_write.encode_picture(Picture(np.zeros((1, 16384), np.uint8)), "r.webp")
+    with pytest.raises(ValueError, match="quality"):
+        image_write.encode_picture(Picture(rgb), "r.jpg", quality=101)
