@@ -32,7 +32,7 @@ import reprfn
 from reprfn.checkpoint import bundled_weights
 from reprfn.export import sample_image
 from reprfn.fast import AutoCPU, FastRepRFN, accelerate, fused_ops_available, winograd_available
-from reprfn.io import read_image, to_tensor
+from reprfn.images import read_image, to_tensor
 from reprfn.models import build, set_mode
 from reprfn.profile import count, peak_memory_mb
 

@@ -18,7 +18,7 @@ from reprfn.cli import main
 from reprfn.evaluate import (
     Bicubic, Pair, evaluate_dataset, grey_to_rgb, load_pairs, measure, output_names, read_pair, super_resolve,
 )
-from reprfn.io import read_image
+from reprfn.images import read_image
 from reprfn.metrics import psnr
 from reprfn.resize import imresize
 from tests.helpers import randomize, shared_path

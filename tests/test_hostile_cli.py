@@ -21,7 +21,7 @@ from PIL import Image
 from reprfn.cli import main
 from reprfn.errors import ExportError
 from reprfn.export import opset_range
-from reprfn.io import atomic_path, check_writable
+from reprfn.files import atomic_path, check_writable
 
 FAST_S = 3.0  # a refusal loads at most the bundled model; the work it prevents takes longer
 
@@ -158,17 +158,17 @@ def test_atomic_path_removes_its_temporary_on_any_exception(tmp_path, exc):
 # then the process says so on stdout and sleeps, so the test can signal it at a known point mid-write.
 _SLOW_WRITER = """
 import sys, time
-import reprfn.io
+import reprfn.images.write
 from reprfn.cli import main
 
-original = reprfn.io._write
+original = reprfn.images.write._write
 
 def slow_write(tmp, *args, **kwargs):
     original(tmp, *args, **kwargs)
     print("writing", tmp, flush=True)
     time.sleep(120)
 
-reprfn.io._write = slow_write
+reprfn.images.write._write = slow_write
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -195,17 +195,17 @@ def test_sigterm_during_a_write_leaves_no_temporary_file(tmp_path, images):
 
 def test_ctrl_c_during_a_write_leaves_no_temporary_file(tmp_path, images, capsys, monkeypatch):
     """The same in this process: Ctrl-C is a KeyboardInterrupt wherever Python happens to be."""
-    import reprfn.io
+    import reprfn.images.write
 
     seen: list[Path] = []
-    original = reprfn.io._write
+    original = reprfn.images.write._write
 
     def interrupted_write(tmp, *args, **kwargs):
         original(tmp, *args, **kwargs)
         seen.append(Path(tmp))
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(reprfn.io, "_write", interrupted_write)
+    monkeypatch.setattr(reprfn.images.write, "_write", interrupted_write)
     out = tmp_path / "out"
     code = main(["upscale", "-i", str(images / "a.png"), "-o", str(out / "a.png"), "-s", "2",
                  "--backend", "torch", "--device", "cpu", "--quiet"])

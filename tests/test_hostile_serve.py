@@ -39,7 +39,7 @@ from starlette.testclient import TestClient  # noqa: E402
 import reprfn.serve  # noqa: E402
 from reprfn.cli import main  # noqa: E402
 from reprfn.errors import ImageError, ResourceError  # noqa: E402
-from reprfn.io import Picture, load_picture, save_picture  # noqa: E402
+from reprfn.images import Picture, encode_picture, load_picture, save_picture  # noqa: E402
 from reprfn.serve import MAX_QUEUE, create_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,13 +244,13 @@ def test_the_size_is_judged_from_the_header():
 
 
 def test_an_image_the_writer_refuses_is_415_naming_the_result(monkeypatch):
-    def refuse(pic: Picture, path) -> None:
-        raise ImageError(f"{path}: cannot write (16-bit colour)\nsecond line")
+    def refuse(pic: Picture, name: str) -> bytes:
+        raise ImageError(f"{name}: cannot write (16-bit colour)\nsecond line")
 
-    monkeypatch.setattr(reprfn.serve, "save_picture", refuse)
+    monkeypatch.setattr(reprfn.serve, "encode_picture", refuse)
     r = _post(TestClient(create_app(models=lambda scale: Nearest())), _small(), "photo.png")
     assert r.status_code == 415
-    assert _one_line_json(r) == "photo_x2.png: cannot write (16-bit colour)"  # no temporary path
+    assert _one_line_json(r) == "photo_x2.png: cannot write (16-bit colour)"  # the result's name, one line
 
 
 def test_a_refusal_of_the_model_is_4xx_and_a_bug_is_a_logged_500(caplog):
@@ -350,3 +350,26 @@ def test_load_picture_from_memory_matches_the_file_and_names_the_upload(tmp_path
         load_picture(io.BytesIO(b""), name="up.png")
     with pytest.raises(ImageError, match=r"^up\.png: 5x6 is 30 pixels, over the limit of 29 "):
         load_picture(io.BytesIO(data), name="up.png", max_pixels=29)
+
+
+def test_an_upload_and_its_result_never_touch_the_disk(monkeypatch):
+    """Decoded from memory and encoded in memory: no temporary file or folder is made, for 8-bit
+    input and for 16-bit colour (written by our own PNG writer)."""
+    import tempfile
+
+    def no_disk(*args, **kwargs):
+        raise AssertionError("a temporary file or folder was made")
+
+    for what in ("mkstemp", "mkdtemp", "NamedTemporaryFile", "TemporaryDirectory"):
+        monkeypatch.setattr(tempfile, what, no_disk)
+    client = TestClient(create_app(models=lambda scale: Nearest()))
+    r = _post(client, _small(), "a.png")
+    assert r.status_code == 200, r.text[:200]
+    sent, got = (np.asarray(Image.open(io.BytesIO(b))) for b in (_small(), r.content))
+    assert got.shape == (32, 32, 3) and np.array_equal(got[::2, ::2], sent)
+    rgb16 = (np.arange(8 * 8 * 3, dtype=np.uint32).reshape(8, 8, 3) * 331 % 65536).astype(np.uint16)
+    deep = encode_picture(Picture(rgb16), "deep.png")
+    r = _post(client, deep, "deep.png")
+    assert r.status_code == 200, r.text[:200]
+    out = load_picture(io.BytesIO(r.content))
+    assert out.pixels.dtype == np.uint16 and np.array_equal(out.pixels[::2, ::2], rgb16)

@@ -16,7 +16,7 @@ import reprfn
 from reprfn.api import upscale_alpha
 from reprfn.checkpoint import bundled_weights
 from reprfn.cli import main
-from reprfn.io import load_picture
+from reprfn.images import load_picture
 
 SAMPLE = bundled_weights(4).parent.parent / "assets" / "astronaut.png"
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from .checkpoint import bundled_weights, load_model
 from .infer import DEFAULT_PAD, Precision, auto_tile, model_bytes_per_pixel, run_model, run_model_pixels
-from .io import IMAGE_SUFFIXES, Picture, load_picture, save_picture, write_memory
+from .images import IMAGE_SUFFIXES, Picture, load_picture, save_picture, write_memory
 from .resize import imresize_rows, output_length
 from .errors import ReprfnError, ResourceError, UsageError
 from .outputs import refuse_collisions
@@ -184,7 +184,7 @@ def upscale(image: Any, scale: int | None = 4, model: ModelLike = None, tile: in
     from PIL import Image
 
     if isinstance(image, Image.Image):
-        from .io import picture_from_pil, picture_to_pil
+        from .images import picture_from_pil, picture_to_pil
 
         return picture_to_pil(upscale_picture(net, picture_from_pil(image), **kw))
     raise TypeError(f"cannot upscale a {type(image).__name__}: give a PIL image, a numpy array or a tensor")
@@ -222,7 +222,7 @@ def upscale_file(model: nn.Module, src: str | os.PathLike, dst: str | os.PathLik
     Refused before any work: ``dst`` being ``src`` (as ``reprfn upscale`` refuses), a bad ``tile``
     or ``pad`` (as ``reprfn.upscale``).
     """
-    from .io import DEFAULT_MAX_PIXELS
+    from .images import DEFAULT_MAX_PIXELS
 
     refuse_collisions([(src, dst)])
     if "tile" in kw:
@@ -321,7 +321,7 @@ def output_path(src: Path, out: Path, *, single: bool, suffix: str, ext: str,
     """Where the result of ``src`` goes: ``out`` itself when it names the file (``single``, see
     ``file_output``), else ``out/<folder>/<stem><suffix><ext>``; ``ext`` "auto" keeps the input's
     own suffix (format)."""
-    from .io import output_format
+    from .images import output_format
 
     if single and out.suffix.lower() in IMAGE_SUFFIXES:
         return out

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from . import __version__
-from .io import atomic_path
+from .files import atomic_path
 from .models import SRModel, build, names
 from .models.rep import EDGE_KERNELS
 from .errors import CheckpointError, UsageError, one_line

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from . import __version__
 from .checkpoint import describe, load_model, save_model
 from .evaluate import Bicubic, DatasetResult, evaluate_dataset, output_names
-from .io import atomic_path, check_writable
+from .files import atomic_path, check_writable
 from .models import build, names
 from .errors import ReprfnError, UsageError, one_line
 

@@ -24,9 +24,10 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .io import ImageError, atomic_path, list_images, read_image
+from .files import atomic_path
+from .images import list_images, read_image
 from .resize import imresize
-from .errors import DataError
+from .errors import DataError, ImageError
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from .infer import run_model
-from .io import IMAGE_SUFFIXES, ImageError, list_images, read_image, to_tensor, to_uint8, write_png
+from .images import IMAGE_SUFFIXES, list_images, read_image, to_tensor, to_uint8, write_png
 from .metrics import psnr, ssim
 from .resize import imresize
-from .errors import UsageError
+from .errors import ImageError, UsageError
 from .outputs import refuse_collisions
 
 Forward = Callable[[Tensor], Tensor]

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .checkpoint import metadata_for
-from .io import atomic_path
+from .files import atomic_path
 
 from .errors import ExportError, UsageError
 
@@ -116,7 +116,7 @@ def sample_image() -> Path:
 
 @lru_cache(maxsize=1)
 def _sample_tensor() -> Tensor:
-    from .io import read_image, to_tensor
+    from .images import read_image, to_tensor
 
     return to_tensor(read_image(sample_image()))  # (1, 3, 256, 256) in [0, 1]
 

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ResourceError, UsageError
-from .io import check_finite
+from .images import check_finite
 from .models.blocks import ESA, ESA_MIN_SIZE, ESA_STRIDE
 
 DEFAULT_PAD = 48  # LR pixels of context on each side of a tile (a multiple of ESA_STRIDE)

@@ -589,7 +589,7 @@ def render(run: Run) -> str:
 
 def write_report(path: str | os.PathLike, run: Run) -> Path:
     """Render ``run`` and write it to ``path`` atomically."""
-    from .io import atomic_path
+    from .files import atomic_path
 
     path = Path(path)
     text = render(run)

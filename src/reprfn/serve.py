@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from typing import Callable, TypeVar
 from torch import nn
 
 from .errors import ImageError, ReprfnError, ResourceError, UsageError, one_line
-from .io import INPUT_FORMATS, Picture, _own_pixel_limit, load_picture, save_picture
+from .images import INPUT_FORMATS, Picture, encode_picture, load_picture, own_pixel_limit
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # the whole request body
 MAX_PIXELS = 300_000  # input pixels (about 630x470): 4.8 megapixels out at x4
@@ -107,7 +106,7 @@ def check_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_side: int = MA
     if not data:
         raise UploadError(400, "the uploaded file is empty")
     try:
-        with _own_pixel_limit(), Image.open(BytesIO(data), formats=INPUT_FORMATS) as im:  # our limit, not Pillow's
+        with own_pixel_limit(), Image.open(BytesIO(data), formats=INPUT_FORMATS) as im:  # our limit, not Pillow's
             fmt, (w, h) = ("JPEG" if im.format == "MPO" else str(im.format)), im.size
     except Exception:
         raise UploadError(415, f"not an image this server reads: send a {FORMATS_TEXT} file") from None
@@ -127,18 +126,9 @@ def result_name(name: str, scale: int) -> str:
 
 
 def encode_png(pic: Picture, name: str) -> bytes:
-    """``pic`` as PNG bytes; a failure is the ``ReprfnError`` of ``save_picture``, naming ``name``.
-
-    ``save_picture`` (which writes the 16-bit colour Pillow cannot) writes files, so the result
-    goes through a private temporary folder, never named in a message.
-    """
-    with tempfile.TemporaryDirectory(prefix="reprfn-serve-") as tmp:
-        dst = Path(tmp) / "out.png"
-        try:
-            save_picture(pic, dst)
-        except ReprfnError as exc:
-            raise type(exc)(one_line(exc).replace(str(dst), name)) from None
-        return dst.read_bytes()
+    """``pic`` as PNG bytes, encoded in memory (16-bit colour included, which Pillow cannot
+    write); a failure is the ``ReprfnError`` of ``encode_picture``, naming ``name``."""
+    return encode_picture(pic, name)
 
 
 def upscale_bytes(data: bytes, model: nn.Module, *, name: str = "upload", max_pixels: int = MAX_PIXELS,

@@ -34,7 +34,7 @@ from .checkpoint import _is_safetensors, _mismatch, load_model, save_model
 from .config import DEFAULTS, Config, TrainConfig, load_config, merge, parse_config, parse_set
 from .data import DataError, PatchSampler, decode_training_set
 from .errors import CheckpointError, ConfigError, TrainingError, one_line
-from .io import atomic_path
+from .files import atomic_path
 from .losses import WeightedLoss
 from .models import SRModel, build, set_mode
 from .models.rep import absorb_deploy_state

@@ -1,4 +1,4 @@
-"""Decoding image files to arrays, the tensor conventions, full-fidelity pictures, one-line errors."""
+"""reprfn.images: decoding files to arrays, the tensor conventions, full-fidelity pictures, one-line errors."""
 
 from __future__ import annotations
 
@@ -8,15 +8,21 @@ import struct
 import zlib
 
 import numpy as np
+import PIL
 import pytest
 import torch
 from PIL import Image, ImageOps
 
-from reprfn import io as rio
-from reprfn.io import (
-    DEFAULT_MAX_PIXELS, ImageError, Picture, list_images, load_picture, output_format, read_image,
+from reprfn import files
+from reprfn.errors import ImageError
+from reprfn.images import (
+    DEFAULT_MAX_PIXELS, Picture, list_images, load_picture, output_format, read_image,
     save_picture, to_tensor, to_uint8, write_png,
 )
+from reprfn.images import write as image_write
+from reprfn.images.metadata import orient, patch_orientation
+from reprfn.images.png16 import png_chunk
+from reprfn.images.tiff import write_tiff
 
 
 @pytest.fixture
@@ -131,8 +137,8 @@ def _png16(path, samples: np.ndarray, interlace: bool = False) -> None:
         for x0, y0, dx, dy in passes for row in samples[y0::dy, x0::dx] if row.size
     )
     ihdr = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 2: 4, 3: 2, 4: 6}[c], 0, 0, int(interlace))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + rio._png_chunk(b"IHDR", ihdr)
-                     + rio._png_chunk(b"IDAT", zlib.compress(raw)) + rio._png_chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
+                     + png_chunk(b"IDAT", zlib.compress(raw)) + png_chunk(b"IEND", b""))
 
 
 def _samples(pic: Picture) -> np.ndarray:
@@ -236,7 +242,7 @@ def test_16_bit_png_from_elsewhere_keeps_16_bits(tmp_path, channels, interlace):
 def test_16_bit_tiff_both_byte_orders_raw_and_deflate(tmp_path, big_endian, compress, channels):
     samples = np.random.default_rng(channels).integers(0, 65536, (7, 10, channels), dtype=np.uint16)
     with open(tmp_path / "t.tif", "wb") as fp:
-        rio._write_tiff(fp, samples, None, None, big_endian=big_endian, compress=compress)
+        write_tiff(fp, samples, None, None, big_endian=big_endian, compress=compress)
     pic = load_picture(tmp_path / "t.tif")
     assert pic.format == "TIFF" and pic.pixels.dtype == np.uint16
     assert np.array_equal(_samples(pic), samples)
@@ -309,7 +315,7 @@ def test_16_bit_rgb_colour_key_becomes_alpha(tmp_path):
     samples = np.random.default_rng(5).integers(0, 65536, (4, 5, 3), dtype=np.uint16)
     _png16(tmp_path / "k.png", samples)
     data = tmp_path.joinpath("k.png").read_bytes()
-    trns = rio._png_chunk(b"tRNS", samples[1, 2].astype(">u2").tobytes())
+    trns = png_chunk(b"tRNS", samples[1, 2].astype(">u2").tobytes())
     tmp_path.joinpath("k.png").write_bytes(data[:33] + trns + data[33:])  # after IHDR
     pic = load_picture(tmp_path / "k.png")
     assert pic.alpha.dtype == np.uint16 and pic.alpha[1, 2] == 0 and int((pic.alpha == 65535).sum()) == 19
@@ -355,16 +361,16 @@ def test_exif_rotated_jpeg(tmp_path, rgb):
 
 def test_orientation_patch_keeps_every_other_byte():
     raw = _exif(8).tobytes()
-    patched = rio._patch_orientation(raw)
+    patched = patch_orientation(raw)
     assert len(patched) == len(raw) and sum(a != b for a, b in zip(raw, patched)) == 1
     untagged = _exif().tobytes()
-    assert rio._patch_orientation(untagged) == untagged  # no orientation entry: nothing to change
-    assert rio._patch_orientation(b"Exif\x00\x00XX") is None  # cannot be followed: caller decides
+    assert patch_orientation(untagged) == untagged  # no orientation entry: nothing to change
+    assert patch_orientation(b"Exif\x00\x00XX") is None  # cannot be followed: caller decides
 
 
 def test_tiff_orientation_and_metadata(tmp_path, rgb):
     with open(tmp_path / "o.tif", "wb") as fp:
-        rio._write_tiff(fp, rgb, _srgb_icc(), _exif(6).tobytes())
+        write_tiff(fp, rgb, _srgb_icc(), _exif(6).tobytes())
     with Image.open(tmp_path / "o.tif") as im:
         expected = np.asarray(ImageOps.exif_transpose(im))
     pic = load_picture(tmp_path / "o.tif")
@@ -470,7 +476,7 @@ def test_decompression_bomb_guard(tmp_path, rgb, monkeypatch):
     # a header claiming 10^10 pixels is refused before anything is decoded, in one line
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
     chunks = [(b"IHDR", ihdr), (b"IDAT", zlib.compress(b"")), (b"IEND", b"")]
-    tmp_path.joinpath("bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(rio._png_chunk(*c) for c in chunks))
+    tmp_path.joinpath("bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"".join(png_chunk(*c) for c in chunks))
     with pytest.raises(ImageError) as info:
         load_picture(tmp_path / "bomb.png")
     assert "bomb.png: 100000x100000" in str(info.value) and f"{DEFAULT_MAX_PIXELS:,}" in str(info.value)
@@ -517,7 +523,7 @@ def test_permission_error_is_reported_even_as_root(tmp_path, rgb, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / ".x.png.abc.tmp"))
 
-    monkeypatch.setattr(rio.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(files.tempfile, "mkstemp", denied)
     with pytest.raises(ImageError) as info:
         save_picture(Picture(rgb), tmp_path / "x.png")
     assert str(info.value) == f"{tmp_path / 'x.png'}: cannot write (Permission denied)"
@@ -533,7 +539,7 @@ def test_failure_mid_write_keeps_old_file_and_leaves_no_temporary(tmp_path, rgb,
         Path(tmp).write_bytes(b"partial")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(rio, "_write", half_then_fail)
+    monkeypatch.setattr(image_write, "_write", half_then_fail)
     with pytest.raises(ImageError) as info:
         save_picture(Picture(rgb[::-1]), out)
     assert str(info.value) == f"{out}: cannot write (No space left on device)"
@@ -566,4 +572,49 @@ def test_orient_matches_pillow(orientation):
               8: Image.Transpose.ROTATE_90}.get(orientation)
     im = Image.fromarray(arr[..., 0])
     expected = np.asarray(im if method is None else im.transpose(method))
-    assert np.array_equal(rio._orient(arr, orientation)[..., 0], expected)
+    assert np.array_equal(orient(arr, orientation)[..., 0], expected)
+
+
+# ------------------------------------------------------------------ the private part of Pillow we use
+
+
+def test_pillow_still_needs_the_16_bit_decode_and_its_tile_layout_holds(tmp_path):
+    """reprfn.images.wide rewrites Pillow's private ``im.tile`` to get the low bytes of 16-bit
+    colour. This fails loudly when Pillow changes: a 16-bit colour mode (then decode with the public
+    API and delete wide.py), or a tile layout the rewrite no longer understands."""
+    from reprfn.images.wide import WIDE_RAWMODES, tile_rawmode
+
+    samples = np.random.default_rng(9).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    _png16(tmp_path / "c.png", samples)
+    with open(tmp_path / "c.tif", "wb") as fp:
+        write_tiff(fp, samples, None, None, compress=False)
+    for name in ("c.png", "c.tif"):
+        with Image.open(tmp_path / name) as im:
+            assert im.mode == "RGB" and not any("16" in m and m.startswith("RGB") for m in Image.MODES), (
+                f"Pillow {PIL.__version__} opens 16-bit RGB as {im.mode}: decode it with the public API")
+            assert len(im.tile) == 1 and len(im.tile[0]) == 4, im.tile  # (codec, extents, offset, args)
+            assert tile_rawmode(im) in WIDE_RAWMODES, im.tile  # args: a rawmode, or a tuple starting with one
+            assert np.array_equal(np.asarray(im), (samples >> 8).astype(np.uint8))  # the high byte only
+        assert np.array_equal(load_picture(tmp_path / name).pixels, samples)  # the rewrite gives the rest
+
+
+# ------------------------------------------------------------------ encoding in memory
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".webp", ".bmp", ".tif"])
+@pytest.mark.parametrize("kind", ["rgb", "rgba"])
+def test_encode_picture_gives_the_bytes_save_picture_writes(tmp_path, suffix, kind):
+    pic = _picture(kind, np.uint16 if suffix in (".png", ".tif") else np.uint8)
+    pic = Picture(pic.pixels, pic.alpha, _srgb_icc(), _exif(1).tobytes())
+    encoded = image_write.encode_picture(pic, f"result{suffix}")
+    assert encoded == save_picture(pic, tmp_path / f"x{suffix}").read_bytes()
+    assert _listing(tmp_path) == [f"x{suffix}"]
+
+
+def test_encode_picture_refusals_name_the_result(rgb):
+    with pytest.raises(ImageError, match=r"^r\.gif: unknown image extension '\.gif'"):
+        image_write.encode_picture(Picture(rgb), "r.gif")
+    with pytest.raises(ImageError, match=r"^r\.webp: cannot write 16384x1 as WEBP \(at most 16,383"):
+        image_write.encode_picture(Picture(np.zeros((1, 16384), np.uint8)), "r.webp")
+    with pytest.raises(ValueError, match="quality"):
+        image_write.encode_picture(Picture(rgb), "r.jpg", quality=101)
