@@ -1,23 +1,17 @@
-"""Headless Chromium driven over the DevTools protocol, with no dependency beyond the stdlib.
+"""Headless Chromium for the browser tests, driven by Selenium through Debian's chromedriver.
 
-Debian's ``chromium`` is launched with a fresh profile and ``--remote-debugging-port=0``; the port
-it picked is read from the profile's ``DevToolsActivePort`` file, and a minimal WebSocket client
-(RFC 6455: masked text frames out, unmasked frames in) talks to the page. Every wait is bounded.
-Tests that use it skip cleanly when no Chromium is installed (``chromium_or_skip``).
+``chromium`` and ``chromium-driver`` come from apt at the same version, and the driver is named
+explicitly, so Selenium never tries to download one (there may be no internet). A test that needs
+the browser skips with the reason when the Python package, the browser or the driver is missing.
+The wrapper only keeps what the tests would otherwise repeat: viewport coordinates for the mouse,
+bounded waits on a JavaScript condition, and screenshots as arrays. Selenium is imported only
+once a browser is wanted, so the other tests of the files that use this module run without it.
 """
 
 from __future__ import annotations
 
-import base64
 import io
-import json
-import os
 import shutil
-import socket
-import struct
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -31,220 +25,106 @@ FLAGS = [
 ]
 
 
-def chromium_executable() -> str | None:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
+def _which(names: tuple[str, ...], extra: tuple[str, ...] = ()) -> str | None:
+    for name in names:
         path = shutil.which(name)
         if path:
             return path
-    return None
+    return next((p for p in extra if Path(p).is_file()), None)
 
 
-def chromium_or_skip() -> str:
-    exe = chromium_executable()
-    if exe is None:
-        pytest.skip("no chromium installed (apt-get install chromium)")
-    return exe
-
-
-class WebSocket:
-    """Just enough of RFC 6455 for the DevTools protocol on the loopback interface."""
-
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
-        assert url.startswith("ws://"), url
-        hostport, _, path = url[len("ws://"):].partition("/")
-        host, _, port = hostport.partition(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=timeout)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall(
-            f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-        )
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise ConnectionError("websocket handshake: connection closed")
-            head += chunk
-        head, _, self._buffer = head.partition(b"\r\n\r\n")
-        status = head.split(b"\r\n")[0]
-        if b" 101 " not in status:
-            raise ConnectionError(f"websocket handshake refused: {status!r}")
-
-    def _read(self, n: int) -> bytes:
-        while len(self._buffer) < n:
-            chunk = self.sock.recv(1 << 20)
-            if not chunk:
-                raise ConnectionError("websocket closed")
-            self._buffer += chunk
-        out, self._buffer = self._buffer[:n], self._buffer[n:]
-        return out
-
-    def _send_frame(self, opcode: int, payload: bytes) -> None:
-        n = len(payload)
-        if n < 126:
-            header = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
-        elif n < 1 << 16:
-            header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
-        else:
-            header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
-        mask = os.urandom(4)
-        data = np.frombuffer(payload, np.uint8) ^ np.resize(np.frombuffer(mask, np.uint8), n)
-        self.sock.sendall(header + mask + data.tobytes())
-
-    def send(self, text: str) -> None:
-        self._send_frame(0x1, text.encode())
-
-    def recv(self) -> str:
-        message = b""
-        while True:
-            b0, b1 = self._read(2)
-            n = b1 & 0x7F
-            if n == 126:
-                (n,) = struct.unpack("!H", self._read(2))
-            elif n == 127:
-                (n,) = struct.unpack("!Q", self._read(8))
-            mask = self._read(4) if b1 & 0x80 else None
-            payload = self._read(n)
-            if mask:
-                payload = (np.frombuffer(payload, np.uint8) ^ np.resize(np.frombuffer(mask, np.uint8), n)).tobytes()
-            opcode = b0 & 0x0F
-            if opcode == 0x8:
-                raise ConnectionError("websocket closed by the browser")
-            if opcode == 0x9:
-                self._send_frame(0xA, payload)
-                continue
-            if opcode in (0x0, 0x1, 0x2):
-                message += payload
-                if b0 & 0x80:
-                    return message.decode()
-
-    def close(self) -> None:
-        try:
-            self._send_frame(0x8, b"")
-        except OSError:
-            pass
-        self.sock.close()
+def chromium_or_skip() -> tuple[str, str]:
+    """The browser and the driver to use, or a skip that says what to install."""
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[dev]')")
+    browser = _which(("chromium", "chromium-browser", "google-chrome"))
+    if browser is None:
+        pytest.skip("no chromium installed (apt-get install chromium chromium-driver)")
+    driver = _which(("chromedriver",), ("/usr/lib/chromium/chromedriver",))
+    if driver is None:
+        pytest.skip("no chromedriver installed (apt-get install chromium-driver)")
+    return browser, driver
 
 
 class Chromium:
-    """One headless Chromium with one page; ``call`` sends a DevTools command and returns its result."""
+    """One headless Chromium with one page of ``width`` x ``height`` CSS pixels."""
 
     def __init__(self, profile: Path, width: int = 1200, height: int = 900, timeout: float = 30.0) -> None:
-        exe = chromium_or_skip()
+        browser, driver = chromium_or_skip()
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+
         profile.mkdir(parents=True, exist_ok=True)
-        self.log = profile / "chromium.log"
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [exe, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                 "--remote-debugging-address=127.0.0.1", f"--window-size={width},{height}", "about:blank"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            )
-        self._id = 0
-        self.events: list[dict] = []
+        options = webdriver.ChromeOptions()
+        options.binary_location = browser
+        for flag in (*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+            options.add_argument(flag)
+        service = Service(executable_path=driver, log_output=str(profile / "chromedriver.log"))
+        self.driver = webdriver.Chrome(options=options, service=service)
         try:
-            port_file = profile / "DevToolsActivePort"
-            deadline = time.monotonic() + timeout
-            while not (port_file.exists() and port_file.read_text().count("\n") >= 1):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"chromium did not start: {self.log.read_text()[-2000:]}")
-                time.sleep(0.05)
-            port = int(port_file.read_text().split()[0])
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=timeout) as resp:
-                targets = json.load(resp)
-            page = next(t for t in targets if t["type"] == "page")
-            self.ws = WebSocket(page["webSocketDebuggerUrl"], timeout=timeout)
-            self.call("Page.enable")
-            self.call("Runtime.enable")
-            self.call("Emulation.setDeviceMetricsOverride",
-                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+            self.driver.set_page_load_timeout(timeout)
+            self.driver.set_script_timeout(timeout)
+            # --window-size counts a window frame that headless Chromium still reserves: set the page's
+            # own size, so that every screenshot is width x height (cheaper than resizing the window)
+            self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
         except BaseException:
             self.close()
             raise
 
-    def call(self, method: str, params: dict | None = None) -> dict:
-        self._id += 1
-        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params or {}}))
-        while True:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == self._id:
-                if "error" in msg:
-                    raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
-            self.events.append(msg)
+    def navigate(self, url: str) -> None:
+        self.driver.get(url)  # returns once the document is complete (page load strategy "normal")
 
-    def navigate(self, url: str, timeout: float = 30.0) -> None:
-        self.call("Page.navigate", {"url": url})
-        self.wait_for("document.readyState === 'complete'", timeout)
-
-    def js(self, expression: str, *, await_promise: bool = False) -> Any:
-        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True,
-                                                "awaitPromise": await_promise})
-        if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
-        return result["result"].get("value")
+    def js(self, expression: str) -> Any:
+        """The value of a JavaScript expression; a promise is awaited (WebDriver's execute script)."""
+        return self.driver.execute_script(f"return ({expression}\n);")
 
     def wait_for(self, expression: str, timeout: float = 30.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.js(expression)
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"waited {timeout} s for: {expression}")
-            time.sleep(0.05)
+        """Poll until the expression is truthy; a bounded wait that names the condition when it fails."""
+        from selenium.webdriver.support.ui import WebDriverWait
 
-    def screenshot(self, full_page: bool = False) -> np.ndarray:
+        return WebDriverWait(self.driver, timeout, poll_frequency=0.05).until(
+            lambda _: self.js(expression), f"waited {timeout} s for: {expression}")
+
+    def screenshot(self) -> np.ndarray:
         from PIL import Image
 
-        params: dict = {"format": "png"}
-        if full_page:
-            params["captureBeyondViewport"] = True
-            size = self.call("Page.getLayoutMetrics")["cssContentSize"]
-            params["clip"] = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
-        data = base64.b64decode(self.call("Page.captureScreenshot", params)["data"])
-        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        return np.asarray(Image.open(io.BytesIO(self.driver.get_screenshot_as_png())).convert("RGB"))
+
+    def _press_along(self, path: list[tuple[float, float]]) -> None:
+        """Real pointer events: the left button pressed at the start of ``path`` (viewport pixels),
+        moved along it and released at its end."""
+        from selenium.webdriver.common.actions.action_builder import ActionBuilder
+
+        actions = ActionBuilder(self.driver, duration=0)
+        pointer = actions.pointer_action
+        (x0, y0), rest = path[0], path[1:]
+        pointer.move_to_location(round(x0), round(y0)).pointer_down()
+        for x, y in rest:
+            pointer.move_to_location(round(x), round(y))
+        pointer.pointer_up()
+        actions.perform()
 
     def drag(self, x0: float, y0: float, x1: float, y1: float, steps: int = 5) -> None:
         """A left-button drag with real mouse events, as a person's hand would make it."""
-        self.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x0, "y": y0})
-        self.call("Input.dispatchMouseEvent",
-                  {"type": "mousePressed", "x": x0, "y": y0, "button": "left", "clickCount": 1})
-        for i in range(1, steps + 1):
-            x, y = x0 + (x1 - x0) * i / steps, y0 + (y1 - y0) * i / steps
-            self.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y, "button": "left",
-                                                   "buttons": 1})
-        self.call("Input.dispatchMouseEvent",
-                  {"type": "mouseReleased", "x": x1, "y": y1, "button": "left", "clickCount": 1})
+        self._press_along([(x0 + (x1 - x0) * i / steps, y0 + (y1 - y0) * i / steps) for i in range(steps + 1)])
 
     def click(self, x: float, y: float) -> None:
-        self.call("Input.dispatchMouseEvent",
-                  {"type": "mousePressed", "x": x, "y": y, "button": "left", "clickCount": 1})
-        self.call("Input.dispatchMouseEvent",
-                  {"type": "mouseReleased", "x": x, "y": y, "button": "left", "clickCount": 1})
+        self._press_along([(x, y)])
 
     def box(self, selector: str) -> dict:
         """The viewport rectangle of the first element matching ``selector`` (scrolled into view)."""
-        return self.js(
-            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.scrollIntoView({{block: 'center'}});"
-            " const r = e.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; })()"
-        )
+        return self.driver.execute_script(
+            "const e = document.querySelector(arguments[0]); e.scrollIntoView({block: 'center'});"
+            " const r = e.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height};",
+            selector)
 
     def set_files(self, selector: str, files: list[str]) -> None:
-        root = self.call("DOM.getDocument")["root"]["nodeId"]
-        node = self.call("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
-        self.call("DOM.setFileInputFiles", {"files": files, "nodeId": node})
+        from selenium.webdriver.common.by import By
+
+        self.driver.find_element(By.CSS_SELECTOR, selector).send_keys("\n".join(files))
 
     def close(self) -> None:
-        ws = getattr(self, "ws", None)
-        if ws is not None:
-            ws.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        self.driver.quit()
 
 
 def not_blank(img: np.ndarray, min_std: float = 10.0) -> bool:

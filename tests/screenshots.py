@@ -47,7 +47,7 @@ def report_shot(tmp: Path) -> None:
     try:
         browser.navigate(html.as_uri())
         # the slider a little left of the middle, to show both sides of the first comparison
-        browser.js("const r = document.querySelector('.sample .ba-range'); r.value = 42;"
+        browser.driver.execute_script("const r = document.querySelector('.sample .ba-range'); r.value = 42;"
                    "r.dispatchEvent(new Event('input'))")
         time.sleep(0.3)
         _save(browser.screenshot(), DOCS / "report.png", 1000)
@@ -78,7 +78,7 @@ def serve_shot(tmp: Path) -> None:
         browser.wait_for("!document.getElementById('go').disabled", 10)
         browser.js("document.getElementById('go').click()")
         browser.wait_for("document.getElementById('compare').dataset.ready === '1'", 120)
-        browser.js("const r = document.querySelector('#compare .ba-range'); r.value = 45;"
+        browser.driver.execute_script("const r = document.querySelector('#compare .ba-range'); r.value = 45;"
                    "r.dispatchEvent(new Event('input')); window.scrollTo(0, 0)")
         time.sleep(0.3)
         _save(browser.screenshot(), DOCS / "serve.png", 800)

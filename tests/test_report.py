@@ -205,7 +205,7 @@ def test_report_in_chromium(report, tmp_path):
         assert 10 < position < 25 and browser.js(clip) != before
 
         # the selects choose the columns: HR on the left
-        browser.js("const s = document.querySelector('.sample .pick-left');"
+        browser.driver.execute_script("const s = document.querySelector('.sample .pick-left');"
                    "s.value = [...s.options].find(o => o.text === 'HR').value; s.dispatchEvent(new Event('change'))")
         assert browser.js(f"{left}.alt") == "HR"
         assert browser.js("document.querySelector('.sample .ba-tag.left').textContent").endswith("HR")

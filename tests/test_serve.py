@@ -182,7 +182,7 @@ def served():
 
 
 @pytest.fixture
-def chromium() -> str:
+def chromium() -> tuple[str, str]:
     return chromium_or_skip()  # before the server starts: no server for a test that skips
 
 
@@ -221,7 +221,7 @@ def test_page_in_chromium_upload_round_trip(chromium, served, tmp_path):
         assert link[0].startswith("blob:") and link[1] == "crop_x2.png"
         # the downloadable bytes are the server's PNG
         size = browser.js("fetch(document.getElementById('download').href).then(r => r.blob())"
-                          ".then(b => createImageBitmap(b)).then(i => [i.width, i.height])", await_promise=True)
+                          ".then(b => createImageBitmap(b)).then(i => [i.width, i.height])")
         assert size == [128, 96]
         assert browser.js("document.getElementById('progress').hidden")
 
@@ -240,7 +240,7 @@ def test_page_in_chromium_upload_round_trip(chromium, served, tmp_path):
             const dt = new DataTransfer();
             dt.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));
             document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
-        })()""", await_promise=True)
+        })()""")
         browser.wait_for("document.getElementById('chosen').textContent.startsWith('dropped.png')", 10)
     finally:
         browser.close()
