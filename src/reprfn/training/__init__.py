@@ -1,0 +1,7 @@
+"""The parts of the trainer that are not its loop (the loop is ``reprfn.train``).
+
+* ``distributed``: the device and the torchrun process group;
+* ``build``: the model, schedule and data loader a configuration describes;
+* ``state``: the training state, its checkpoint and the checks of a resume;
+* ``validation``: the validation images and their score.
+"""
