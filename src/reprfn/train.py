@@ -168,9 +168,7 @@ def step(run: Run, state: TrainState, lr_img: torch.Tensor, hr_img: torch.Tensor
     run.scaler.update()
     state.scheduler.step()
     if state.ema is not None:
-        with torch.no_grad():
-            for pe, pm in zip(state.ema.parameters(), state.model.parameters(), strict=True):
-                pe.lerp_(pm, 1.0 - t.ema)
+        state.ema.update_parameters(state.model)
     state.iteration += 1
     state.loss = loss.item()
 

@@ -3,7 +3,6 @@ learning-rate schedule, the data loader and the starting training state."""
 
 from __future__ import annotations
 
-import copy
 import warnings
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from ..data import PatchSampler
 from ..errors import CheckpointError, ConfigError, one_line
 from ..models import SRModel, build, set_mode
 from ..models.rep import absorb_deploy_state
+from .ema import make_ema
 from .state import TrainState
 
 
@@ -113,6 +113,6 @@ def make_state(cfg: Config, device: torch.device) -> TrainState:
     check_patch(model, cfg, device)
     if use_channels_last(t, device):
         model = model.to(memory_format=torch.channels_last)
-    ema = copy.deepcopy(model).requires_grad_(False) if t.ema else None
+    ema = make_ema(model, t.ema) if t.ema else None
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=t.betas, eps=t.eps)
     return TrainState(model, ema, optimizer, make_scheduler(optimizer, t))

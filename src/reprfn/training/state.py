@@ -24,6 +24,7 @@ from ..checkpoint import _is_safetensors, _mismatch
 from ..config import Config, TrainConfig
 from ..errors import CheckpointError, TrainingError, one_line
 from ..models import SRModel
+from .ema import EMA, count_updates, ema_state
 
 STATE_KEYS = ("iteration", "model", "optimizer", "scheduler", "rng")
 # Settings a resume cannot change: the optimizer and the schedule continue from the checkpoint's
@@ -73,7 +74,7 @@ class TrainState:
     """Everything an optimisation step changes, and the iteration it has reached."""
 
     model: SRModel
-    ema: SRModel | None  # the exponential moving average of the weights (train.ema)
+    ema: EMA | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     iteration: int = 0
@@ -83,7 +84,7 @@ class TrainState:
     @property
     def result(self) -> SRModel:
         """The weights a run validates and delivers: the average when there is one."""
-        return self.ema if self.ema is not None else self.model
+        return self.ema.module if self.ema is not None else self.model
 
     @property
     def lr(self) -> float:
@@ -93,7 +94,7 @@ class TrainState:
         """The mapping ``last.ckpt`` holds (the RNG states as they are now)."""
         return {
             "iteration": self.iteration, "model": self.model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ema": ema_state(self.ema) if self.ema is not None else None,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(), "best": self.best, "config": cfg.to_dict(),
             "data": {"seed": cfg.seed, "next_iteration": self.iteration},
@@ -105,7 +106,8 @@ class TrainState:
         start = check_resumable(state, cfg.train, path)
         load_weights(self.model, state["model"], path)
         if self.ema is not None:  # a checkpoint without EMA: the average starts from the resumed weights
-            load_weights(self.ema, state["ema"] if state.get("ema") is not None else state["model"], path)
+            load_weights(self.ema.module, state["ema"] if state.get("ema") is not None else state["model"], path)
+            count_updates(self.ema, start)
         if not isinstance(state["scheduler"], Mapping) or set(state["scheduler"]) != set(self.scheduler.state_dict()):
             raise CheckpointError(f"{path}: its learning-rate schedule is not "
                                   f"train.lr_schedule={cfg.train.lr_schedule}")
