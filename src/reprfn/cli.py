@@ -186,9 +186,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         with atomic_path(args.json) as tmp:
             tmp.write_text(json.dumps(_eval_json(results), indent=2) + "\n")
     if args.report:
-        from .report import eval_report
+        from .report import ReportOptions, eval_report
 
-        out = eval_report(args.report, args, list(zip(labels, [one.weights for one in runs], models)),
+        options = ReportOptions(args.scale, args.self_ensemble, args.tile, args.grey_as_rgb)
+        out = eval_report(args.report, options, list(zip(labels, [one.weights for one in runs], models)),
                           results, collector)
         print(f"report: {out}", file=sys.stderr)
     return EXIT_ERROR if any(r.errors for _, r in results) else 0
