@@ -10,13 +10,15 @@ the trainer makes from the decoded HR with the MATLAB-exact resizer averages it 
     python experiments/gpu_pack.py [--out .gpu/train.zip] [--budget-mb 45]
     python experiments/gpu_pack.py --unpack .gpu/train.zip --to /tmp/train   # on the GPU machine
 
-``reprfn train`` then reads ``data.train: [/tmp/train]``.
+``reprfn train`` then reads ``data.train: [/tmp/train]``. Set5 x4 (HR and MATLAB LR, 1 MB) is copied to
+``.gpu/Set5/x4`` beside the pack for validation there.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT.parent / "shared" / "data" / "train"
+SET5 = ROOT.parent / "shared" / "data" / "benchmark" / "Set5" / "x4"
 FOLDERS = ("bsd200", "t91", "bsds500-test", "sunhays80")
 SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg")
 
@@ -83,6 +86,7 @@ def main() -> None:
         print(f"{unpack(args.unpack, args.to)} photos in {args.to}")
         return
     quality, fidelity = pack(args.out, args.budget_mb)
+    shutil.copytree(SET5, args.out.parent / "Set5" / "x4", dirs_exist_ok=True)
     print(f"{args.out}: {args.out.stat().st_size / 1e6:.1f} MB, HR JPEG quality {quality} "
           f"(4:4:4; {fidelity:.1f} dB against the originals)")
 

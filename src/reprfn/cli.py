@@ -89,7 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         best = summary["best_val_psnr_y"]
         print(f"{summary['run_dir']}: {summary['iterations']} iterations (from {summary['started_at']}), "
-              f"last loss {summary['loss']:.5f}" + (f", best val Y-PSNR {best:.2f} dB" if best else ""))
+              f"last loss {summary['loss']:.5f}" + (f", best val Y-PSNR {best:.2f} dB" if best else "")
+              + (f"; stopped at the {summary['stopped']} (--resume auto continues)" if "stopped" in summary else ""))
     return 0
 
 

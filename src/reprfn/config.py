@@ -198,6 +198,7 @@ class DataConfig:
     train_lr: tuple[str, ...] | None = field(default=None, metadata=_checked(paths(optional=True)))
     cache_dir: str | None = field(default=None, metadata=_checked(path(optional=True)))
     workers: int = field(default=0, metadata=_checked(integer(0)))
+    resident: bool = field(default=False, metadata=_checked(boolean))
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,8 @@ class TrainConfig:
     channels_last: bool = field(default=False, metadata=_checked(boolean))
     device: str = field(default="auto", metadata=_checked(device))
     threads: int = field(default=0, metadata=_checked(integer(0)))
+    compile: bool = field(default=False, metadata=_checked(boolean))
+    time_limit: float = field(default=0.0, metadata=_checked(real()))
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "val": ValConfig, "train": TrainConfig}

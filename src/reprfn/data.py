@@ -261,9 +261,9 @@ class ResidentPatches:
         self.hr = torch.zeros(len(pairs), h * scale, w * scale, channels, dtype=torch.uint8, device=self.device)
         for k, p in enumerate(pairs):
             lh, lw = p.lr.shape[:2]
-            self.lr[k, :lh, :lw] = torch.from_numpy(p.lr.reshape(lh, lw, channels)).to(self.device)
-            self.hr[k, : lh * scale, : lw * scale] = torch.from_numpy(
-                p.hr[: lh * scale, : lw * scale].reshape(lh * scale, lw * scale, channels)).to(self.device)
+            self.lr[k, :lh, :lw] = torch.tensor(p.lr.reshape(lh, lw, channels), device=self.device)
+            self.hr[k, : lh * scale, : lw * scale] = torch.tensor(
+                p.hr[: lh * scale, : lw * scale].reshape(lh * scale, lw * scale, channels), device=self.device)
         self.limits = torch.tensor([[s[0] - self.lp + 1, s[1] - self.lp + 1] for s in sizes], device=self.device)
 
     def plan(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

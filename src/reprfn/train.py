@@ -35,11 +35,11 @@ import yaml
 
 from .checkpoint import save_model
 from .config import DEFAULTS, Config, load_config, merge, parse_config, parse_set
-from .data import PatchSampler, decode_training_set
+from .data import decode_training_set
 from .errors import TrainingError
 from .files import atomic_path
 from .losses import WeightedLoss
-from .training.build import build_model, make_loader, make_state, use_channels_last
+from .training.build import batch_stream, build_model, make_state, use_channels_last
 from .training.distributed import Dist, data_parallel, start
 from .training.state import TrainState, refuse_occupied, resume_path, seed_all
 from .training.validation import val_pairs, validate
@@ -130,7 +130,7 @@ class Run:
     run_dir: Path
     dist: Dist
     device: torch.device
-    net: torch.nn.Module  # the model, or its DDP wrapper when there are several ranks
+    net: Any  # the model, its DDP wrapper when there are several ranks, or torch.compile's wrapper
     criterion: torch.nn.Module
     scaler: torch.amp.GradScaler  # a no-op unless train.amp is fp16
     amp: torch.dtype | None  # autocast dtype
@@ -206,6 +206,32 @@ def maybe_checkpoint(run: Run, state: TrainState) -> None:
         save_checkpoint(state, run.cfg, run.run_dir / "last.ckpt")
 
 
+def out_of_time(run: Run, state: TrainState) -> bool:
+    """Whether ``train.time_limit`` seconds of this attempt have passed, asked every
+    ``train.log_every`` iterations; all ranks agree (the flag is reduced), so none waits for
+    another that stopped."""
+    limit = run.cfg.train.time_limit
+    if not limit or state.iteration % run.cfg.train.log_every:
+        return False
+    over = time.time() - run.started >= limit
+    if run.dist.world > 1:
+        flag = torch.tensor([float(over)], device=run.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        over = bool(flag.item())
+    return over
+
+
+def pause(run: Run, state: TrainState, started_at: int) -> dict[str, Any]:
+    """Stop at the time limit: ``last.ckpt`` holds this iteration (``--resume auto`` goes on)."""
+    if run.dist.main:
+        save_checkpoint(state, run.cfg, run.run_dir / "last.ckpt")
+    if run.dist.world > 1:
+        torch.distributed.barrier()
+    return {"iterations": state.iteration, "started_at": started_at, "loss": state.loss,
+            "best_val_psnr_y": None if state.best == -math.inf else state.best, "run_dir": str(run.run_dir),
+            "stopped": f"time limit of {run.cfg.train.time_limit:g} s"}
+
+
 def finish(run: Run, state: TrainState, started_at: int) -> dict[str, Any]:
     """The final weights in both forms (main rank), and the run's summary."""
     t = run.cfg.train
@@ -243,14 +269,14 @@ def train(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike, *, resume
         state.resume(ckpt_path, cfg)
     started_at = state.iteration
     net = data_parallel(state.model, dist, device)
+    if t.compile:
+        net = torch.compile(net)
 
     pairs = decode_training_set(cfg.data.train, cfg.model.scale, lr_folders=cfg.data.train_lr,
                                 min_hr_size=t.patch_size, channels=cfg.model.in_channels,
                                 cache_dir=cfg.data.cache_dir)
     validation = val_pairs(cfg) if dist.main else []
-    sampler = PatchSampler(pairs, cfg.model.scale, t.patch_size, t.batch_size, cfg.seed,
-                           rank=dist.rank, world=dist.world)
-    loader = make_loader(sampler, started_at, t.iters, cfg.data.workers, device)
+    batches = batch_stream(pairs, cfg, dist, device, started_at)
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(cfg, run_dir / "config.yaml")
@@ -260,7 +286,7 @@ def train(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike, *, resume
               time.time())
     bar = _progress(started_at, t.iters, progress and dist.main)
     try:
-        for _, (lr_img, hr_img) in zip(range(started_at, t.iters), loader, strict=False):
+        for lr_img, hr_img in batches:
             step(run, state, lr_img, hr_img)
             row = {**log_row(run, state), **maybe_validate(run, state)}
             run.logger.write(row)
@@ -269,6 +295,8 @@ def train(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike, *, resume
                 bar.update(1)
                 bar.set_postfix(loss=f"{state.loss:.4f}", lr=f"{state.lr:.2e}",
                                 **({"val": f"{row['val_psnr_y']:.2f}"} if "val_psnr_y" in row else {}))
+            if out_of_time(run, state):
+                return pause(run, state, started_at)
     finally:
         if bar is not None:
             bar.close()

@@ -1,19 +1,21 @@
 """The run's parts as its configuration describes them: the model (checked on one patch), the
-learning-rate schedule, the data loader and the starting training state."""
+learning-rate schedule, the stream of batches and the starting training state."""
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import load_model
 from ..config import Config, TrainConfig
-from ..data import PatchSampler
-from ..errors import CheckpointError, ConfigError, one_line
+from ..data import Pair, PatchSampler, ResidentPatches
+from ..errors import CheckpointError, ConfigError, DataError, one_line
 from ..models import SRModel, build, set_mode
 from ..models.rep import absorb_deploy_state
+from .distributed import Dist
 from .ema import make_ema
 from .state import TrainState
 
@@ -77,6 +79,28 @@ def make_loader(sampler: PatchSampler, start: int, stop: int, workers: int,
         sampler, batch_size=None, sampler=range(start, stop), num_workers=workers,
         pin_memory=device.type == "cuda", persistent_workers=False,
         multiprocessing_context="spawn" if workers else None)
+
+
+def batch_stream(pairs: Sequence[Pair], cfg: Config, dist: Dist, device: torch.device,
+                 start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This rank's (LR, HR) batches of iterations ``start..train.iters-1``, in order.
+
+    ``data.resident``: cut on the training device from the whole set held there as uint8
+    (``data.ResidentPatches``: no DataLoader, the GPU recipe); else ``data.PatchSampler`` through
+    a DataLoader with ``data.workers`` processes. Both are pure functions of (seed, iteration);
+    their streams differ, so a run should not switch between them on resume (it may: it is then
+    not bit-identical to an uninterrupted run)."""
+    t = cfg.train
+    per_rank = t.batch_size // dist.world
+    if cfg.data.resident:
+        if t.batch_size % dist.world:
+            raise DataError(f"train.batch_size {t.batch_size} does not split over {dist.world} processes")
+        patches = ResidentPatches(pairs, cfg.model.scale, t.patch_size, t.batch_size, cfg.seed, device)
+        mine = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
+        return (tuple(x[mine] for x in patches.batch(it)) for it in range(start, t.iters))  # type: ignore[misc]
+    sampler = PatchSampler(pairs, cfg.model.scale, t.patch_size, t.batch_size, cfg.seed,
+                           rank=dist.rank, world=dist.world)
+    return iter(make_loader(sampler, start, t.iters, cfg.data.workers, device))
 
 
 def use_channels_last(t: TrainConfig, device: torch.device) -> bool:
