@@ -63,7 +63,7 @@ MODELS: dict[str, ModelEntry] = {
         url="https://github.com/laonafahaodange/RepRFN/raw/main/model_zoo/reprfn_ntire_x4.pth",
         sha256="eae6c2e8a7c94048bc392b1333b5a3c1c11c9d84a3bbec9ea7a4e8927436acac", size=1_633_659),
     "rfdn-ntire-x4": ModelEntry(
-        "rfdn-ntire-x4", 4, "rfdn", 433_448, (0.0, 0.0, 0.0), "MIT",
+        "rfdn-ntire-x4", 4, "rfdn", 433_448, (32.16, 28.65, 27.61), "MIT",
         "NTIRE 2023 efficient SR challenge baseline (laonafahaodange/NTIRE2023-ESR-RepRFN)", "rfdn_ntire_x4.pth",
         url="https://github.com/laonafahaodange/NTIRE2023-ESR-RepRFN/raw/main/model_zoo/team00_rfdn.pth",
         sha256="11af8ec8ebd68689e90ef1e29044f9804c72d3bd9f7573820b7b26035782760c", size=1_754_927),
