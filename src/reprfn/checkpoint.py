@@ -25,6 +25,7 @@ from .files import atomic_path
 from .models import SRModel, build, names
 from .models.rep import EDGE_KERNELS
 from .errors import CheckpointError, UsageError, one_line
+from .hub import resolve_weights
 
 FORMAT = "reprfn"
 WRAPPER_KEYS = ("params_ema", "params", "ema", "state_dict", "model")  # first found wins
@@ -352,8 +353,9 @@ def load_model(
     NTIRE RFDN file, IMDN files, wrapped in ``params``/``params_ema``/``state_dict`` or prefixed
     with ``module.``. ``arch`` names an RFN variant (not inferable); ``scale`` is checked against
     the file; ``data_range`` overrides the native range (default: metadata, else 255 for RFDN
-    files, else 1).
+    files, else 1). ``path`` may also name a known model (``reprfn models``; ``hub.resolve_weights``).
     """
+    path = resolve_weights(path)
     sd, metadata = read_state_dict(path)
     try:
         ckpt = recognise(sd, metadata)

@@ -320,13 +320,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise UsageError(f"reprfn serve needs the 'serve' extra ({exc.name} is missing): "
                          "pip install 'reprfn[serve]'") from None
-    app = create_app(device=_device(args.device), max_pixels=args.max_pixels, max_queue=args.max_queue)
+    device = _device(args.device)
+    models = None
+    if args.weights:  # loaded (fetched) before the server listens: a bad -w fails here, not on an upload
+        from .api import resolve_model
+        from .serve import Models
+
+        chosen = resolve_model(args.weights, None, device)
+        models = Models(device, loader=lambda s: chosen if s == chosen.scale else resolve_model(None, s, device))
+    app = create_app(device=device, max_pixels=args.max_pixels, max_queue=args.max_queue, models=models)
     sock = listen_socket(args.host, args.port)  # a port in use fails here, before "serving on"
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"reprfn: warning: listening on {args.host}: other machines can use this server", file=sys.stderr)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"reprfn: serving on http://{host}:{args.port}/ (Ctrl+C stops)", file=sys.stderr)
     serve(app, sock)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """The known models by name (``hub.MODELS``): nothing is downloaded to list them."""
+    from .hub import MODELS, format_models, model_info
+
+    infos = [model_info(entry) for entry in MODELS.values()]
+    print(json.dumps(infos, indent=2) if args.json else format_models(infos))
     return 0
 
 
@@ -364,7 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="PSNR/SSIM on benchmark folders (see docs/evaluation.md)")
     p.add_argument("-w", "--weights", action="append",
-                   help="checkpoint in any supported layout, or 'bicubic' (default: the bundled model); "
+                   help="checkpoint in any supported layout, a model name (reprfn models), or 'bicubic' "
+                        "(default: the bundled model); "
                         "repeatable: each is evaluated and becomes a column of --report")
     p.add_argument("-d", "--dir", dest="dirs", action="append", required=True, metavar="DIR",
                    help="a folder with HR/ and LR/, or a folder of HR images; repeatable")
@@ -388,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (one image input; .png .jpg .jpeg .webp .bmp .tif .tiff) or folder (created)")
     p.add_argument("-s", "--scale", type=int, choices=(2, 3, 4), help="upscaling factor (default 4, or the model's)")
-    p.add_argument("-w", "--weights", help="checkpoint in any supported layout (default: the bundled model)")
+    p.add_argument("-w", "--weights", help="checkpoint in any supported layout or a model name (reprfn models; "
+                                           "default: the bundled model)")
     p.add_argument("--tile", default="auto", help="auto (from free memory), 0 (whole image) or a tile size in LR pixels")
     p.add_argument("--tile-pad", type=int, default=48, metavar="P", help="context pixels around each tile (default 48)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -407,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_upscale)
 
     p = sub.add_parser("export", help="export the fused model to ONNX (checked against PyTorch) or TorchScript")
-    p.add_argument("-w", "--weights", help="checkpoint in any supported layout (default: the bundled model)")
+    p.add_argument("-w", "--weights", help="checkpoint in any supported layout or a model name (reprfn models; "
+                                           "default: the bundled model)")
     p.add_argument("-s", "--scale", type=int, choices=(2, 3, 4), help="scale of the bundled model (default 4)")
     p.add_argument("-o", "--output", required=True, help="model.onnx, or model.pt for TorchScript")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
@@ -441,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("-w", "--weights", help="checkpoint or model name (reprfn models) for its scale; "
+                                           "the bundled models for the others")
     from .serve import MAX_PIXELS, MAX_QUEUE
 
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, metavar="N",
@@ -448,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=MAX_QUEUE, metavar="N",
                    help=f"uploads that may wait while one is upscaled (default {MAX_QUEUE}); more are answered 503")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("models", help="the models known by name (-w NAME): bundled, or downloaded on request")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_models)
     return parser
 
 

@@ -32,6 +32,11 @@ class ResourceError(ReprfnError):
     """A request larger than the limits set (pixels, memory): refused before any work."""
 
 
+class DownloadError(ReprfnError):
+    """A named model that could not be fetched (no network, an HTTP error, a timeout) or that is not
+    the published file (size, SHA-256); the message names the URL to fetch and where to save it."""
+
+
 class ConfigError(ReprfnError):
     """A training configuration value of the wrong type or range, or an unknown key."""
 
