@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_session_runs_on_the_cpu(tmp_path):
-    rng = np.random.default_rng(0)
     pack = tmp_path / "train.zip"
     with zipfile.ZipFile(pack, "w") as z:
         for k in range(3):

@@ -280,7 +280,8 @@ class ResidentPatches:
     def crop(self, image: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
              code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """LR and HR float batches in [0, 1], (B, C, h, w) channels-last, for the given plan."""
-        return self._gather(self.lr, image, top, left, code, 1), self._gather(self.hr, image, top, left, code, self.scale)
+        lr = self._gather(self.lr, image, top, left, code, 1)
+        return lr, self._gather(self.hr, image, top, left, code, self.scale)
 
     def batch(self, iteration: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.crop(*self.plan(iteration))
