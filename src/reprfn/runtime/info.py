@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal, Protocol
 
 from torch import nn
 
@@ -51,7 +51,13 @@ class ModelInfo:
     kernel_ops: bool = False
 
 
-def describe(model: Any) -> ModelInfo:
+class Described(Protocol):
+    """Anything that carries its ``ModelInfo``: a ``Runner``, an ``OnnxEngine``, the bicubic baseline."""
+
+    info: ModelInfo
+
+
+def describe(model: nn.Module | Described | Mapping[str, str]) -> ModelInfo:
     """The ``ModelInfo`` of a torch model, of anything that carries one (``.info``: a prepared
     ``Runner``, an engine, the bicubic baseline), or of an ONNX export's metadata (a mapping)."""
     if isinstance(getattr(model, "info", None), ModelInfo):

@@ -25,7 +25,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,7 @@ from .onnx import onnxruntime_available, open_onnx
 from .openvino import open_openvino, openvino_available
 
 Backend = Literal["auto", "torch", "onnxruntime"]
+Model = nn.Module | Engine  # a torch model, or an engine that carries its ``info``
 LABELS = {
     "onnxruntime": "ONNX Runtime",
     "openvino": "OpenVINO",
@@ -104,9 +105,11 @@ class Runner:
         return self._whole or self.tiles
 
     def __call__(self, x: Tensor, window: Window | None = None) -> Tensor:
-        needs_torch = (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
-                       or (torch.is_grad_enabled() and x.requires_grad))
-        if window is not None or needs_torch:
+        """A tile (``window`` given) through the exact engine; so too anything a whole-image
+        engine cannot take (not a float32 CPU tensor, autocast, autograd); else the whole image."""
+        unusual = (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
+                   or (torch.is_grad_enabled() and x.requires_grad))
+        if window is not None or unusual:
             return self.tiles(x, window)
         return self.whole()(x)
 
@@ -155,7 +158,7 @@ def _auto_engines(model: nn.Module, info: ModelInfo, device: torch.device,
     return FusedCPUEngine(model), opener(name, model, info) if use_onnx else None
 
 
-def prepare(model: Any, device: torch.device | str = "cpu", precision: Precision = "fp32",
+def prepare(model: Model | Runner, device: torch.device | str = "cpu", precision: Precision = "fp32",
             backend: Backend = "auto") -> Runner:
     """How ``model`` runs on ``device`` in ``precision`` with ``backend`` (module doc).
 
@@ -180,7 +183,7 @@ def prepare(model: Any, device: torch.device | str = "cpu", precision: Precision
     return Runner(info, tiles, whole, device=device)
 
 
-def model_device(model: Any) -> torch.device:
+def model_device(model: Model | Runner) -> torch.device:
     """Where a model runs: a ``Runner``'s device, else where its weights are (the CPU for a model
     without any, or one that is not torch)."""
     if isinstance(model, Runner):
@@ -190,7 +193,8 @@ def model_device(model: Any) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def as_runner(model: Any, device: torch.device | str | None = None, precision: Precision = "fp32") -> Runner:
+def as_runner(model: Model | Runner, device: torch.device | str | None = None,
+              precision: Precision = "fp32") -> Runner:
     """A ``Runner`` as it is; anything else run as it is (``backend="torch"``) on ``device``
     (default: where its weights are): a bare model passed to ``run`` stays a bare model."""
     if isinstance(model, Runner):

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import numpy as np
 import torch
@@ -45,7 +44,7 @@ from ..io import check_finite
 from ..models.blocks import Window
 from .engines import Precision
 from .memory import DEFAULT_PAD, check_memory, round_up, whole
-from .prepare import Runner, as_runner
+from .prepare import Model, Runner, as_runner
 
 Crop = Callable[[int, int, int, int], Tensor]  # (y0, y1, x0, x1) -> float (N, C, y1-y0, x1-x0)
 
@@ -118,7 +117,7 @@ def tiles(runner: Runner, crop: Crop, height: int, width: int, *, tile: int,
 
 
 @torch.inference_mode()
-def run(model: Any, x: Tensor, *, tile: int = 0, pad: int = DEFAULT_PAD,
+def run(model: Model | Runner, x: Tensor, *, tile: int = 0, pad: int = DEFAULT_PAD,
         device: torch.device | str | None = None, precision: Precision = "fp32") -> Tensor:
     """Super-resolve a float (N, C, H, W) tensor in [0, 1] on the host; returns it on the host.
 
@@ -142,7 +141,7 @@ def run(model: Any, x: Tensor, *, tile: int = 0, pad: int = DEFAULT_PAD,
 
 
 @torch.inference_mode()
-def run_pixels(model: Any, pixels: np.ndarray, *, tile: int = 0, pad: int = DEFAULT_PAD,
+def run_pixels(model: Model | Runner, pixels: np.ndarray, *, tile: int = 0, pad: int = DEFAULT_PAD,
                device: torch.device | str | None = None, precision: Precision = "fp32",
                reserve: int = 0) -> np.ndarray:
     """SR of an HxW or HxWx3 uint8/uint16 array; the same layout and dtype out, C-contiguous.
