@@ -146,6 +146,8 @@ def test_not_accelerated_off_cpu_fp32(model):
         prepare(model, backend="nope")
     with pytest.raises(ValueError, match="reprfn model"):
         prepare(object())
+    with pytest.raises(ValueError, match="precision 'fp64'"):
+        prepare(model, precision="fp64")
 
 
 def test_grad_and_autocast_run_the_plain_model(model, monkeypatch):
@@ -231,7 +233,7 @@ def test_auto_path_uses_onnxruntime_for_whole_images_and_torch_for_tiles(model, 
     assert net.whole_name == "onnxruntime" and net.opened is None  # opened on the first whole image
     assert net.info.scale == 4 and net.info.arch == "reprfn"
     x = image_batch(1, 90, 120)
-    calls: list[str] = []
+    calls: list[tuple[str, object]] = []
     monkeypatch.setattr(net, "tiles", _recording(net.tiles, calls, "tiles"))
     whole = run(net, x)
     assert net.fallback is None and isinstance(net.opened, rt_onnx.OnnxEngine) and calls == []
@@ -239,7 +241,7 @@ def test_auto_path_uses_onnxruntime_for_whole_images_and_torch_for_tiles(model, 
     ref = run(model, x)
     assert _diff(whole, ref) <= TOL and _levels(whole, ref) <= 1
     tiled = run(net, x, tile=48)  # windows: the exact PyTorch engine
-    assert calls and set(calls) == {"tiles"}
+    assert calls and all(kind == "tiles" and window is not None for kind, window in calls)
     assert _diff(tiled, run(model, x, tile=48)) <= TOL and _levels(tiled, ref) <= 1
     # a second runner reuses the cached file
     monkeypatch.setattr("reprfn.export.export_onnx", lambda *a, **k: pytest.fail("cache not used"))
@@ -250,14 +252,43 @@ def test_auto_path_uses_onnxruntime_for_whole_images_and_torch_for_tiles(model, 
 
 
 def _recording(engine, calls, label):
+    """``engine``, noting (label, window) in ``calls`` at every call."""
     class Recording:
         name, exact_tiles, bytes_per_pixel = engine.name, engine.exact_tiles, engine.bytes_per_pixel
 
         def __call__(self, x, window=None):
-            calls.append(label)
+            calls.append((label, window))
             return engine(x, window)
 
     return Recording()
+
+
+def test_policy_whole_images_to_the_whole_engine_tiles_to_the_exact_one():
+    """``run`` hands each forward to the Runner: whole images to the whole-image engine (opened on
+    first use, once), every tile with its window to the exact engine."""
+    tiny = randomize(build("reprfn", scale=2, channels=8, blocks=1, esa_channels=4)).eval()
+    calls: list[tuple[str, object]] = []
+    opened: list[int] = []
+
+    class Approximate:  # stands for ONNX Runtime: cannot honour a window
+        name, exact_tiles, bytes_per_pixel = "approximate", False, BYTES_PER_PIXEL
+
+        def __call__(self, x, window=None):
+            calls.append(("whole", window))
+            return TorchEngine(tiny)(x)
+
+    exact = FusedCPUEngine(tiny)
+    net = Runner(describe(tiny), _recording(exact, calls, "tiles"), Opener("approximate", BYTES_PER_PIXEL,
+                                                                         lambda: opened.append(1) or Approximate()))
+    assert net.exact_tiles and net.name == "approximate+torch-fused" and opened == []
+    x = image_batch(1, 40, 52)
+    whole = run(net, x)
+    assert calls == [("whole", None)] and opened == [1]
+    calls.clear()
+    tiled = run(net, x, tile=18)
+    assert calls and all(kind == "tiles" and window is not None for kind, window in calls)
+    assert {window[2:] for _, window in calls} == {(40, 52)} and len(calls) == 3 * 3
+    assert _diff(tiled, whole) <= 1e-4 and opened == [1]
 
 
 def test_auto_path_falls_back_when_opening_fails(model, monkeypatch):

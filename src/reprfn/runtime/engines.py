@@ -24,6 +24,7 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
+from ..errors import UsageError
 from ..models.blocks import Window, esa_window, use_kernels
 from .info import BYTES_PER_PIXEL, describe
 from .kernels import ONEDNN, fused_ops_available
@@ -57,7 +58,7 @@ class TorchEngine:
 
     def __init__(self, model: nn.Module, device: torch.device | str = "cpu", precision: Precision = "fp32") -> None:
         if precision not in AUTOCAST:
-            raise ValueError(f"unknown precision {precision!r}; use 'fp32', 'bf16' or 'fp16'")
+            raise UsageError(f"unknown precision {precision!r}; use 'fp32', 'bf16' or 'fp16'")
         self.model, self.device, self.precision = model, torch.device(device), precision
         self.exact_tiles = describe(model).exact_tiles
         self.bytes_per_pixel = BYTES_PER_PIXEL
