@@ -27,14 +27,25 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from kernels_experimental import WINOGRAD, KernelSetEngine, winograd_available
 
 import reprfn
 from reprfn.checkpoint import bundled_weights
 from reprfn.export import sample_image
-from reprfn.fast import AutoCPU, FastRepRFN, accelerate, fused_ops_available, winograd_available
 from reprfn.images import read_image, to_tensor
 from reprfn.models import build, set_mode
 from reprfn.profile import count, peak_memory_mb
+from reprfn.runtime.engines import FusedCPUEngine
+from reprfn.runtime.info import describe
+from reprfn.runtime.kernels import fused_ops_available
+from reprfn.runtime.onnx import (
+    OnnxEngine,
+    cached_export,
+    onnxruntime_available,
+    ort_session,
+)
+from reprfn.runtime.openvino import OpenVinoEngine, openvino_available
+from reprfn.runtime.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = ROOT.parent / "shared" / "weights" / "official" / "reprfn_ntire_x4.pth"
@@ -69,38 +80,20 @@ def conv_rate(h: int, w: int, rounds: int) -> dict[str, float]:
 
 
 def onnx_runner(model: torch.nn.Module, threads: int, spinning: bool = False) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    try:
-        import onnxruntime as ort
-
-        from reprfn.export import export_onnx
-    except ImportError:
+    """ONNX Runtime on the cached export, through the runtime's session factory (``spinning``: its
+    one option that only a benchmark changes)."""
+    if not onnxruntime_available():
         return None
-    tmp = tempfile.mkdtemp(prefix="reprfn-speed-")
-    path = Path(tmp) / "m.onnx"
-    export_onnx(model, path, check=False)
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return lambda x: torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    path = cached_export(model, directory=tempfile.mkdtemp(prefix="reprfn-speed-"), check=False)
+    return OnnxEngine(ort_session(path, threads=threads, spinning=spinning), path)
 
 
 def openvino_runner(model: torch.nn.Module, threads: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """OpenVINO's CPU plugin on the ONNX export, f32, latency hint (when ``openvino`` is installed)."""
-    try:
-        import openvino as ov
-
-        from reprfn.export import export_onnx
-    except ImportError:
+    if not openvino_available():
         return None
-    path = Path(tempfile.mkdtemp(prefix="reprfn-speed-")) / "m.onnx"
-    export_onnx(model, path, check=False)
-    compiled_model = ov.Core().compile_model(str(path), "CPU", {
-        "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
-    request = compiled_model.create_infer_request()
-    return lambda x: torch.from_numpy(request.infer({0: x.numpy()})[0].copy())
+    path = cached_export(model, directory=tempfile.mkdtemp(prefix="reprfn-speed-"), check=False)
+    return OpenVinoEngine(path, describe(model), threads)
 
 
 def jit_frozen(model: torch.nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -130,14 +123,13 @@ def variants(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) 
         "channels-last eager": (lambda t: model(t.contiguous(memory_format=cl)).contiguous(), "same"),
     }
     if fused_ops_available():
-        out["PyTorch fast path: fused oneDNN post-ops, channels-last"] = (FastRepRFN(model), "same")
-        out["... with ESA's 1x1 convs folded"] = (FastRepRFN(model, esa="folded"), "same")
+        out["PyTorch fast path: fused oneDNN post-ops, channels-last"] = (FusedCPUEngine(model), "same")
     if winograd_available():
-        out["Winograd F(6x6,3x3) (NNPACK), NCHW"] = (FastRepRFN(model, winograd=True), "same")
-    default = accelerate(model)
-    if isinstance(default, AutoCPU):
-        default.session()  # export (or read the cached export) before timing
-        out[f"**default**: {default.path().split(' (')[0]} (whole images)"] = (default, "same")
+        out["Winograd F(6x6,3x3) (NNPACK), NCHW"] = (KernelSetEngine(model, WINOGRAD), "same")
+    default = prepare(model)
+    if default.whole_name not in (None, default.tiles.name):
+        default.whole()  # export (or read the cached export) before timing
+        out[f"**default**: {default.describe().split(' (')[0]} (whole images)"] = (default, "same")
     for spinning in (False, True) if args.ort_spinning else (False,):
         ort_fn = onnx_runner(model, threads, spinning=spinning)
         if ort_fn is not None:

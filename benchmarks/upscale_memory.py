@@ -15,14 +15,14 @@ CHILD = r"""
 import json, resource, sys, time, torch
 from reprfn import load_model
 from reprfn.checkpoint import bundled_weights
-from reprfn.infer import run_model
+from reprfn.runtime.run import run
 w, h, tile = map(int, sys.argv[1:4])
 torch.manual_seed(0)
 model = load_model(bundled_weights(4))
 x = torch.rand(1, 3, h, w)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
-y = run_model(model, x, tile=tile)
+y = run(model, x, tile=tile)
 print(json.dumps({"tile": tile, "seconds": time.perf_counter() - t,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "before_mb": base / 1024, "out": list(y.shape)}))

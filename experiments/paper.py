@@ -265,9 +265,12 @@ def cmd_pruning(fraction: float = 0.5) -> None:
 
 def deploy_variants(name: str, model: torch.nn.Module, x: torch.Tensor, tmp: Path) -> dict[str, Callable]:
     """Each way of running ``model`` (trained weights) on the CPU, as a callable of one input."""
-    from reprfn.export import OnnxModel, export_onnx
-    from reprfn.fast import OpenVinoModel, accelerate, openvino_available
+    from reprfn.export import export_onnx
     from reprfn.models import set_mode
+    from reprfn.runtime.engines import FusedCPUEngine
+    from reprfn.runtime.info import describe
+    from reprfn.runtime.onnx import OnnxEngine
+    from reprfn.runtime.openvino import OpenVinoEngine, openvino_available
 
     fused = model.fuse().eval()
     out: dict[str, Callable] = {}
@@ -283,10 +286,10 @@ def deploy_variants(name: str, model: torch.nn.Module, x: torch.Tensor, tmp: Pat
     path = tmp / f"{name}.onnx"
     export_onnx(fused, path)
     threads = torch.get_num_threads()
-    out["ONNX Runtime"] = OnnxModel.from_file(path, threads=threads)
+    out["ONNX Runtime"] = OnnxEngine.from_file(path, threads=threads)
     if openvino_available():
-        out["OpenVINO (float32)"] = OpenVinoModel(path, threads, fused.scale)
-    out["reprfn fast PyTorch path"] = accelerate(fused, onnx=False)
+        out["OpenVINO (float32)"] = OpenVinoEngine(path, describe(fused), threads)
+    out["reprfn fast PyTorch path"] = FusedCPUEngine(fused)
     return out
 
 

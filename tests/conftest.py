@@ -13,7 +13,7 @@ def _seed():
 # The default CPU path exports models to ONNX Runtime (cached under ~/.cache/reprfn); tests that
 # upscale with random-weight models would each pay an export, so the suite runs without it.
 # Tests of the default engine itself opt back in with the ``default_engine`` fixture below;
-# tests/test_fast.py tests the engines directly.
+# tests/test_runtime.py tests the engines directly.
 os.environ.setdefault("REPRFN_ONNX", "0")
 
 
@@ -27,7 +27,7 @@ def engine_cache(tmp_path_factory) -> Path:
 def default_engine(monkeypatch, engine_cache) -> list:
     """The CPU engine ``--backend auto`` picks for a user with no REPRFN_* variables set.
 
-    Returns the list of models ``reprfn.api.prepare_model`` handed out during the test, so the test
+    Returns the list of runners ``reprfn.api.prepare`` handed out during the test, so the test
     can check which engine actually ran (``tests.helpers.assert_default_engine_ran``).
     """
     import reprfn.api as api
@@ -36,12 +36,12 @@ def default_engine(monkeypatch, engine_cache) -> list:
     monkeypatch.delenv("REPRFN_ENGINE", raising=False)
     monkeypatch.setenv("REPRFN_CACHE", str(engine_cache))
     prepared: list = []
-    original = api.prepare_model
+    original = api.prepare
 
     def recording(*args, **kwargs):
         net = original(*args, **kwargs)
         prepared.append(net)
         return net
 
-    monkeypatch.setattr(api, "prepare_model", recording)
+    monkeypatch.setattr(api, "prepare", recording)
     return prepared

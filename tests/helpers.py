@@ -79,18 +79,17 @@ def assert_close_levels(got: np.ndarray, want: np.ndarray, max_fraction: float) 
 
 
 def assert_default_engine_ran(prepared: list, whole_images: bool = True) -> None:
-    """Every model ``prepare_model`` handed out is the engine ``--backend auto`` picks: ONNX Runtime
-    / OpenVINO when installed (and, for whole images, opened rather than fallen back), else the
-    fused PyTorch path."""
-    from reprfn import fast
+    """Every runner ``prepare`` handed out is what ``--backend auto`` picks: whole images through ONNX
+    Runtime / OpenVINO when installed (and, for whole images, opened rather than fallen back), tiles
+    and everything else through the fused PyTorch engine."""
+    from reprfn.runtime.engines import FusedCPUEngine
+    from reprfn.runtime.prepare import whole_image_engine
 
-    assert prepared, "prepare_model was not called"
-    engine = fast.choose_engine()
+    assert prepared, "prepare was not called"
+    engine = whole_image_engine()
     for net in prepared:
-        if engine is None:
-            assert isinstance(net, fast.FastRepRFN), type(net)
-        else:
-            assert isinstance(net, fast.AutoCPU) and net.engine == engine, type(net)
-            assert net.onnx_error is None, net.path()
-            if whole_images:
-                assert net._session is not None, "the engine never ran"
+        assert isinstance(net.tiles, FusedCPUEngine), type(net.tiles)
+        assert net.whole_name == engine, net.describe()
+        assert net.fallback is None, net.describe()
+        if engine is not None and whole_images:
+            assert net.opened is not None and net.opened.name == engine, "the engine never ran"

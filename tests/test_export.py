@@ -1,5 +1,5 @@
 """Export: ONNX parity with PyTorch on natural image content, dynamic shapes, metadata, float16,
-the standalone run, the OnnxModel wrapper, TorchScript, and the missing-onnxruntime error."""
+the standalone run, the ONNX Runtime engine, TorchScript, and the missing-onnxruntime error."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ from reprfn.export import (
     CHECK_SHAPES,
     TRACE_SIZE,
     ExportError,
-    OnnxModel,
     export_onnx,
     export_torchscript,
     image_batch,
-    onnx_model_for,
     parity,
     verify_standalone,
 )
+from reprfn.runtime.engines import Engine
+from reprfn.runtime.onnx import OnnxEngine, open_onnx
 from tests.helpers import randomize
 
 HAVE_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
@@ -66,7 +66,7 @@ def test_onnx_matches_torch_on_odd_sizes(tmp_path: Path, scale: int) -> None:
     # the caller's model is untouched: still training form, same weights
     assert model.form == "train" and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
-    onnx_model = OnnxModel.from_file(report.path)
+    onnx_model = OnnxEngine.from_file(report.path)
     diff, shapes = parity(onnx_model, model, SIZES)  # against the training-form model itself
     assert diff <= 1e-4, diff
     assert shapes == [(n, 3, h, w) for n, h, w in SIZES]
@@ -102,7 +102,7 @@ def test_onnx_file_layout_and_metadata(tmp_path: Path) -> None:
 def test_esa_resize_follows_the_input_size(tmp_path: Path) -> None:
     """The bilinear resize in ESA reads its size from the input: shapes far from the traced one."""
     model = tiny(2)
-    onnx_model = OnnxModel.from_file(export_onnx(model, tmp_path / "m.onnx").path)
+    onnx_model = OnnxEngine.from_file(export_onnx(model, tmp_path / "m.onnx").path)
     for n, h, w in [(1, 15, 15), (2, 101, 19), (1, 19, 150)]:
         x = image_batch(n, h, w)
         with torch.no_grad():
@@ -117,8 +117,8 @@ def test_greyscale_model(tmp_path: Path) -> None:
     model = tiny(2, in_channels=1)
     report = export_onnx(model, tmp_path / "g.onnx")
     assert report.max_abs_diff <= 1e-4 and report.shapes_checked[0][1] == 1
-    onnx_model = OnnxModel.from_file(report.path)
-    assert onnx_model.in_channels == 1
+    onnx_model = OnnxEngine.from_file(report.path)
+    assert onnx_model.info.in_channels == 1
     with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
         onnx_model(image_batch(1, 20, 20))
 
@@ -139,7 +139,7 @@ def test_float16_export(tmp_path: Path) -> None:
     assert proto.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert {p.key: p.value for p in proto.metadata_props}["precision"] == "float16"
     assert fp16.path.stat().st_size < fp32.path.stat().st_size
-    onnx_model = OnnxModel.from_file(fp16.path)
+    onnx_model = OnnxEngine.from_file(fp16.path)
     assert onnx_model.fp16
     diff, _ = parity(onnx_model, model, SIZES)
     assert diff <= 1e-2
@@ -164,13 +164,14 @@ def test_failed_check_leaves_no_file(tmp_path: Path) -> None:
 
 
 @needs_onnx
-def test_onnx_model_behaves_like_the_torch_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_onnx_engine_runs_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import reprfn.export as export
 
     model = tiny(3)
-    onnx_model = onnx_model_for(model)  # temporary file, gone afterwards
-    assert (onnx_model.scale, onnx_model.in_channels, onnx_model.arch) == (3, 3, "reprfn")
-    assert onnx_model.eval() is onnx_model and onnx_model.config()["channels"] == 8
+    onnx_model = open_onnx(model, directory=tmp_path)
+    info = onnx_model.info
+    assert (info.scale, info.in_channels, info.arch, info.form) == (3, 3, "reprfn", "deploy")
+    assert isinstance(onnx_model, Engine) and not onnx_model.exact_tiles and onnx_model.metadata["channels"] == "8"
     x = image_batch(2, 29, 41)
     with torch.no_grad():
         want = model(x)
@@ -179,11 +180,10 @@ def test_onnx_model_behaves_like_the_torch_model(tmp_path: Path, monkeypatch: py
     with pytest.raises(ValueError, match="expected a"):
         onnx_model(x[0])
 
-    cached = onnx_model_for(model, tmp_path)
     files = list(tmp_path.glob("*.onnx"))
-    assert len(files) == 1 and files[0].name.startswith("reprfn_x3_") and cached.path == files[0]
+    assert len(files) == 1 and files[0].name.startswith("reprfn_x3_") and onnx_model.path == files[0]
     monkeypatch.setattr(export, "export_onnx", lambda *a, **k: pytest.fail("cache not used"))
-    again = onnx_model_for(model, tmp_path)
+    again = open_onnx(model, directory=tmp_path)
     assert again.path == files[0] and torch.equal(again(x), got)
 
 
@@ -197,18 +197,18 @@ def test_not_a_reprfn_onnx_file(tmp_path: Path) -> None:
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 3, 4, 4])])
     onnx.save(helper.make_model(graph), str(tmp_path / "id.onnx"))
     with pytest.raises(ExportError, match="not a reprfn ONNX export"):
-        OnnxModel.from_file(tmp_path / "id.onnx")
+        OnnxEngine.from_file(tmp_path / "id.onnx")
     with pytest.raises(ExportError, match="no such file"):
-        OnnxModel.from_file(tmp_path / "missing.onnx")
+        OnnxEngine.from_file(tmp_path / "missing.onnx")
 
 
 def test_missing_onnxruntime_gives_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
     expected = r"^onnxruntime is not installed: pip install 'reprfn\[onnx\]'$"
     with pytest.raises(ExportError, match=expected):
-        OnnxModel.from_file(tmp_path / "m.onnx")
+        OnnxEngine.from_file(tmp_path / "m.onnx")
     with pytest.raises(ExportError, match=expected):
-        onnx_model_for(tiny(2))
+        open_onnx(tiny(2), directory=tmp_path)
     if HAVE_ONNX:
         with pytest.raises(ExportError, match=expected):
             export_onnx(tiny(2), tmp_path / "m.onnx")
@@ -231,8 +231,8 @@ def test_bundled_x4_model(tmp_path: Path, x4: reprfn.models.SRModel) -> None:
     fp16 = export_onnx(x4, tmp_path / "x4_fp16.onnx", fp16=True)
     assert fp32.max_abs_diff <= 1e-4 and fp16.max_abs_diff <= 1e-2
     sizes = [(1, 17, 23), (1, 40, 31)]
-    assert parity(OnnxModel.from_file(fp32.path), x4, sizes)[0] <= 1e-4
-    assert parity(OnnxModel.from_file(fp16.path), x4, sizes)[0] <= 1e-2
+    assert parity(OnnxEngine.from_file(fp32.path), x4, sizes)[0] <= 1e-4
+    assert parity(OnnxEngine.from_file(fp16.path), x4, sizes)[0] <= 1e-2
     ts = export_torchscript(x4, tmp_path / "x4.pt")
     assert parity(torch.jit.load(str(ts)), x4, sizes)[0] <= 1e-5
     assert verify_standalone(fp16.path)["output"] == [1, 3, 92, 68]
@@ -273,7 +273,7 @@ def test_cli_export_onnx_runs_and_matches_pytorch(tmp_path: Path, capsys: pytest
         want = model(x)
     got = _onnxruntime_run(out, x)
     assert got.shape == (1, 3, 66, 90) and (got - want).abs().max().item() <= 1e-4  # docs/export.md: 1e-4
-    assert OnnxModel.from_file(out).scale == 2
+    assert OnnxEngine.from_file(out).info.scale == 2
 
 
 @needs_onnx
@@ -290,7 +290,7 @@ def test_cli_export_onnx_fp16_of_a_checkpoint(tmp_path: Path, capsys: pytest.Cap
         want = model(x)
     got = _onnxruntime_run(out, x)
     assert got.shape == want.shape and (got - want).abs().max().item() <= 1e-2  # float16: 1e-2
-    assert OnnxModel.from_file(out).metadata["precision"] == "float16"
+    assert OnnxEngine.from_file(out).metadata["precision"] == "float16"
 
 
 def test_cli_export_torchscript_runs_and_matches_pytorch(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

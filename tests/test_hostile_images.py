@@ -17,12 +17,13 @@ from PIL import Image
 from torch import nn
 
 import reprfn
-from reprfn import cli, infer
+from reprfn import cli
 from reprfn.api import upscale_alpha, upscale_file
 from reprfn.checkpoint import bundled_weights
 from reprfn.errors import ImageError, ReprfnError, ResourceError
 from reprfn.images import Picture, save_picture, to_uint8, write_png
 from reprfn.resize import imresize, imresize_rows
+from reprfn.runtime import memory
 
 SAMPLE = bundled_weights(2).parent.parent / "assets" / "astronaut.png"
 
@@ -458,7 +459,7 @@ def test_over_limit_request_is_refused_in_one_line_and_nothing_written(tmp_path,
     big = np.array(Image.fromarray(photo).resize((1000, 800)))
     Image.fromarray(big).save(tmp_path / "photo.png")
     out = tmp_path / "out"
-    monkeypatch.setattr(infer, "available_memory", lambda device: 64 * 2**20)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 64 * 2**20)
     code = cli.main(["upscale", "-i", str(tmp_path / "photo.png"), "-o", str(out), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
@@ -469,7 +470,7 @@ def test_over_limit_request_is_refused_in_one_line_and_nothing_written(tmp_path,
 
 def test_a_whole_image_forward_too_large_suggests_a_tile_that_fits(tmp_path, photo, monkeypatch):
     Image.fromarray(np.array(Image.fromarray(photo).resize((600, 400)))).save(tmp_path / "p.png")
-    monkeypatch.setattr(infer, "available_memory", lambda device: 300 * 2**20)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 300 * 2**20)
     with pytest.raises(ResourceError) as info:
         upscale_file(Nearest(4), tmp_path / "p.png", tmp_path / "o.png", tile=0)
     message = str(info.value)

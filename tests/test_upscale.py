@@ -160,9 +160,10 @@ def test_cli_decompression_bomb_guard(tmp_path, photo, capsys):
                  "--max-pixels", "0", "--quiet"]) == 0
 
 
-def test_cli_onnxruntime_backend_matches_torch(tmp_path, photo):
+def test_cli_onnxruntime_backend_matches_torch(tmp_path, photo, monkeypatch, engine_cache):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
+    monkeypatch.setenv("REPRFN_CACHE", str(engine_cache))  # the export cache, not the user's
     Image.fromarray(photo).save(tmp_path / "p.png")
     for backend in ("torch", "onnxruntime"):
         assert main(["upscale", "-i", str(tmp_path / "p.png"), "-o", str(tmp_path / f"{backend}.png"), "-s", "2",

@@ -140,7 +140,7 @@ def test_upscale_file_equals_the_model(photo, model, default_engine, tmp_path):
     Image.fromarray(photo[..., 2].copy()).save(tmp_path / "grey.png")
     Image.fromarray(np.dstack([photo, alpha])).save(tmp_path / "rgba.png")
     Image.fromarray(grey16).save(tmp_path / "g16.png")
-    net = api.prepare_model(reprfn.load_model(bundled_weights(4)), torch.device("cpu"))
+    net = api.prepare(reprfn.load_model(bundled_weights(4)), torch.device("cpu"))
     for name in ("rgb", "grey", "rgba", "g16"):
         api.upscale_file(net, tmp_path / f"{name}.png", tmp_path / f"{name}_x4.png", tile="auto", device=torch.device("cpu"))
     out = {n: np.asarray(Image.open(tmp_path / f"{n}_x4.png")) for n in ("rgb", "grey", "rgba", "g16")}

@@ -9,21 +9,24 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from .checkpoint import bundled_weights, load_model
-from .infer import DEFAULT_PAD, Precision, auto_tile, model_bytes_per_pixel, run_model, run_model_pixels
-from .images import IMAGE_SUFFIXES, Picture, load_picture, save_picture, write_memory
-from .resize import imresize_rows, output_length
 from .errors import ReprfnError, ResourceError, UsageError
+from .images import IMAGE_SUFFIXES, Picture, load_picture, save_picture, write_memory
 from .outputs import refuse_collisions
+from .resize import imresize_rows, output_length
+from .runtime.engines import Precision
+from .runtime.info import describe
+from .runtime.memory import DEFAULT_PAD, auto_tile
+from .runtime.prepare import Backend, Runner, as_runner, prepare
+from .runtime.run import run, run_pixels
 
-ModelLike = Union[None, str, os.PathLike, nn.Module]
-Backend = Literal["auto", "torch", "onnxruntime"]
+ModelLike = Union[None, str, os.PathLike, nn.Module, Runner]
 
 
 SCALES = (2, 3, 4)
@@ -78,38 +81,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def resolve_model(model: ModelLike, scale: int | None, device: torch.device) -> nn.Module:
-    """The bundled model for ``scale`` (None), a checkpoint path, or a model (scale checked)."""
+def resolve_model(model: ModelLike, scale: int | None, device: torch.device) -> nn.Module | Runner:
+    """The bundled model for ``scale`` (None), a checkpoint path, or a model or ``Runner`` (scale checked)."""
     scale = check_scale(scale)
     if model is None:
         return load_model(bundled_weights(scale or 4), device=device)
     if isinstance(model, (str, os.PathLike)):
         return load_model(model, scale=scale, device=device)
-    if scale is not None and getattr(model, "scale", scale) != scale:
-        raise UsageError(f"the model upscales x{model.scale}, but x{scale} was asked for")
+    if scale is not None and describe(model).scale != scale:
+        raise UsageError(f"the model upscales x{describe(model).scale}, but x{scale} was asked for")
     return model
-
-
-def prepare_model(model: Any, device: torch.device, precision: Precision = "fp32",
-                  backend: Backend = "auto") -> Any:
-    """How a loaded model is run. "auto": the fastest path with equal outputs; on the CPU in fp32
-    ``reprfn.fast.accelerate``: ONNX Runtime for whole images when it is installed, fused
-    channels-last PyTorch kernels for tiles (exact) and otherwise, the model itself where neither
-    applies. "torch": the model as it is. "onnxruntime": an ONNX Runtime session for everything
-    (its tiles are approximate, see docs/inference.md)."""
-    if backend == "auto":
-        from .fast import accelerate
-
-        return accelerate(model, device, precision)
-    if backend == "torch":
-        return model
-    if backend == "onnxruntime":
-        from .export import onnx_model_for
-
-        if device.type != "cpu":
-            raise UsageError("the onnxruntime backend runs on the CPU: use device='cpu'")
-        return onnx_model_for(model)
-    raise UsageError(f"unknown backend {backend!r}; use 'auto', 'torch' or 'onnxruntime'")
 
 
 def _max_value(dtype: np.dtype) -> float:
@@ -124,20 +105,20 @@ def _quantize(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.clip(np.rint(x * _max_value(dtype)), 0, _max_value(dtype)).astype(dtype)
 
 
-def upscale_pixels(model: nn.Module, pixels: np.ndarray, *, tile: int | str = "auto", pad: int = DEFAULT_PAD,
+def upscale_pixels(model: nn.Module | Runner, pixels: np.ndarray, *, tile: int | str = "auto", pad: int = DEFAULT_PAD,
                    device: torch.device | None = None, precision: Precision = "fp32", reserve: int = 0) -> np.ndarray:
-    """SR of an HxW or HxWx3 uint8/uint16 array; same layout and dtype out (``infer.run_model_pixels``:
+    """SR of an HxW or HxWx3 uint8/uint16 array; same layout and dtype out (``runtime.run.run_pixels``:
     the output held once, non-finite outputs and requests larger than memory refused).
 
-    A greyscale image is given to an RGB model on three equal channels and the output averaged back.
+    ``model``: a ``Runner``, or a model run as it is on ``device`` (default: the CPU). A greyscale
+    image is given to an RGB model on three equal channels and the output averaged back.
     """
-    device = device or torch.device("cpu")
+    runner = as_runner(model, device or torch.device("cpu"), precision)
     if tile == "auto":
-        held = pixels.nbytes * model.scale ** 2 + reserve if device.type == "cpu" else 0
-        tile = auto_tile(pixels.shape[0], pixels.shape[1], device, bytes_per_pixel=model_bytes_per_pixel(model),
+        held = pixels.nbytes * runner.info.scale ** 2 + reserve if runner.device.type == "cpu" else 0
+        tile = auto_tile(pixels.shape[0], pixels.shape[1], runner.device, bytes_per_pixel=runner.bytes_per_pixel,
                          held=held)
-    return run_model_pixels(model, pixels, tile=int(tile), pad=pad, device=device, precision=precision,
-                            reserve=reserve)
+    return run_pixels(runner, pixels, tile=int(tile), pad=pad, reserve=reserve)
 
 
 def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
@@ -151,11 +132,12 @@ def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     return out
 
 
-def upscale_picture(model: nn.Module, pic: Picture, *, reserve: int = 0, **kw: Any) -> Picture:
+def upscale_picture(model: nn.Module | Runner, pic: Picture, *, reserve: int = 0, **kw: Any) -> Picture:
     """Colour through the model, alpha on its own; ``reserve``: bytes needed besides (the writer)."""
-    alpha_bytes = 0 if pic.alpha is None else pic.alpha.nbytes * model.scale ** 2
+    scale = describe(model).scale
+    alpha_bytes = 0 if pic.alpha is None else pic.alpha.nbytes * scale ** 2
     pixels = upscale_pixels(model, pic.pixels, reserve=reserve + alpha_bytes, **kw)
-    alpha = upscale_alpha(pic.alpha, model.scale) if pic.alpha is not None else None
+    alpha = upscale_alpha(pic.alpha, scale) if pic.alpha is not None else None
     return replace(pic, pixels=pixels, alpha=alpha)
 
 
@@ -167,7 +149,7 @@ def upscale(image: Any, scale: int | None = 4, model: ModelLike = None, tile: in
 
     ``model``: None for the bundled model of ``scale``, a checkpoint path, or a loaded model.
     ``tile``: "auto" (from free memory), 0 (whole image) or a tile size in LR pixels.
-    ``backend``: "auto" (the fastest equal-output path: ``reprfn.fast.accelerate`` on the CPU), "torch"
+    ``backend``: "auto" (the fastest equal-output path: ``reprfn.runtime.prepare``), "torch"
     (the model as it is, eager PyTorch) or "onnxruntime" (CPU; tiles approximate).
     ``scale``, ``tile`` and ``pad`` are checked as the command line checks them (``check_scale``,
     ``check_tile``, ``check_pad``), before any model is loaded. A PIL image's EXIF orientation is
@@ -175,7 +157,7 @@ def upscale(image: Any, scale: int | None = 4, model: ModelLike = None, tile: in
     """
     tile, pad = check_tile(tile), check_pad(pad)
     dev = resolve_device(device)
-    net = prepare_model(resolve_model(model, scale, dev), dev, precision, backend)
+    net = prepare(resolve_model(model, scale, dev), dev, precision, backend)
     kw = {"tile": tile, "pad": pad, "device": dev, "precision": precision}
     if isinstance(image, torch.Tensor):
         return _upscale_tensor(net, image, **kw)
@@ -190,7 +172,7 @@ def upscale(image: Any, scale: int | None = 4, model: ModelLike = None, tile: in
     raise TypeError(f"cannot upscale a {type(image).__name__}: give a PIL image, a numpy array or a tensor")
 
 
-def _upscale_array(net: nn.Module, image: np.ndarray, **kw: Any) -> np.ndarray:
+def _upscale_array(net: Runner, image: np.ndarray, **kw: Any) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] in (1, 2, 4):
         colour = image[..., 0] if image.shape[2] <= 2 else image[..., :3]
         alpha = image[..., -1] if image.shape[2] in (2, 4) else None
@@ -204,18 +186,18 @@ def _upscale_array(net: nn.Module, image: np.ndarray, **kw: Any) -> np.ndarray:
     raise UsageError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {image.shape}")
 
 
-def _upscale_tensor(net: nn.Module, image: torch.Tensor, **kw: Any) -> torch.Tensor:
+def _upscale_tensor(net: Runner, image: torch.Tensor, **kw: Any) -> torch.Tensor:
     if not torch.is_floating_point(image) or image.dim() not in (3, 4):
         raise UsageError("tensors must be float (C, H, W) or (N, C, H, W) in [0, 1]")
     batch = image if image.dim() == 4 else image[None]
     tile = kw.pop("tile")
     if tile == "auto":
-        tile = auto_tile(batch.shape[-2], batch.shape[-1], kw["device"], bytes_per_pixel=model_bytes_per_pixel(net))
-    out = run_model(net, batch.detach().float().cpu(), tile=int(tile), **kw).to(image.dtype)
+        tile = auto_tile(batch.shape[-2], batch.shape[-1], net.device, bytes_per_pixel=net.bytes_per_pixel)
+    out = run(net, batch.detach().float().cpu(), tile=int(tile), pad=kw["pad"]).to(image.dtype)
     return out if image.dim() == 4 else out[0]
 
 
-def upscale_file(model: nn.Module, src: str | os.PathLike, dst: str | os.PathLike, *,
+def upscale_file(model: nn.Module | Runner, src: str | os.PathLike, dst: str | os.PathLike, *,
                  max_pixels: int | None = None, quality: int = 95, **kw: Any) -> Path:
     """Read ``src``, upscale it, write ``dst`` atomically (no partial file, ever).
 
@@ -230,7 +212,7 @@ def upscale_file(model: nn.Module, src: str | os.PathLike, dst: str | os.PathLik
     if "pad" in kw:
         kw["pad"] = check_pad(kw["pad"])
     pic = load_picture(src, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels or None)
-    height, width = (n * model.scale for n in pic.pixels.shape[:2])
+    height, width = (n * describe(model).scale for n in pic.pixels.shape[:2])
     writer = write_memory(dst, height, width, colour=1 if pic.pixels.ndim == 2 else 3,
                           alpha=pic.alpha is not None, dtype=pic.pixels.dtype)  # refuses what dst cannot hold
     try:

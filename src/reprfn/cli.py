@@ -197,9 +197,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _upscale_model(args: argparse.Namespace, device: torch.device):
-    from .api import prepare_model, resolve_model
+    from .api import prepare, resolve_model
 
-    return prepare_model(resolve_model(args.weights, args.scale, device), device, args.precision, args.backend)
+    return prepare(resolve_model(args.weights, args.scale, device), device, args.precision, args.backend)
 
 
 def _upscale_plan(args: argparse.Namespace, files: list[Path]) -> list[tuple[Path, Path]]:

@@ -18,31 +18,37 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .infer import run_model
-from .images import IMAGE_SUFFIXES, list_images, read_image, to_tensor, to_uint8, write_png
+from .errors import UsageError
+from .images import IMAGE_SUFFIXES, ImageError, list_images, read_image, to_tensor, to_uint8, write_png
 from .metrics import psnr, ssim
-from .resize import imresize
-from .errors import ImageError, UsageError
 from .outputs import refuse_collisions
+from .resize import imresize
+from .runtime.info import BYTES_PER_PIXEL, ModelInfo, describe
+from .runtime.prepare import model_device
+from .runtime.run import run
 
 Forward = Callable[[Tensor], Tensor]
 
 
-class Bicubic(nn.Module):
-    """MATLAB ``imresize(lr, scale, 'bicubic')`` as a model: the baseline row of every SR table.
+class Bicubic:
+    """MATLAB ``imresize(lr, scale, 'bicubic')``: the baseline row of every SR table, an ``Engine``
+    (``reprfn.runtime.engines``) that carries its ``info``, so it is evaluated like a model.
 
     Works on the 8-bit values of its input (rounding between the two passes, as MATLAB does for
-    uint8 images), so its output is byte-exact with MATLAB's.
+    uint8 images), so its output is byte-exact with MATLAB's. Its support is two pixels, far
+    inside a tile's context, so its tiles are exact without a window. ``arch`` and ``scale`` are
+    also plain attributes, for the report's columns.
     """
 
-    arch = "bicubic"
-    in_channels = None  # any number of channels
+    name = arch = "bicubic"
+    exact_tiles = True
+    bytes_per_pixel = BYTES_PER_PIXEL  # not measured: PyTorch's figure, more than it needs
 
     def __init__(self, scale: int) -> None:
-        super().__init__()
         self.scale = scale
+        self.info = ModelInfo(arch="bicubic", scale=scale, in_channels=None)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, window: tuple[int, int, int, int] | None = None) -> Tensor:
         out = [to_tensor(imresize(to_uint8(im), self.scale)) for im in x]
         return torch.cat(out).to(x.device)
 
@@ -64,30 +70,25 @@ def flip_rotate_mean(forward: Forward, x: Tensor) -> Tensor:
     return sum(_variant(forward, x, flip, k) for flip in (False, True) for k in range(4)) / 8
 
 
-def _device(model: nn.Module) -> torch.device:
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
-def super_resolve(model: nn.Module, lr: np.ndarray, *, self_ensemble: bool = False,
+def super_resolve(model: nn.Module | Bicubic, lr: np.ndarray, *, self_ensemble: bool = False,
                   tile: int | None = None) -> np.ndarray:
     """SR of a uint8 image (HxWx3 or HxW), rounded to 8 bits, as the benchmarks measure it.
 
     A greyscale image given to an RGB model is replicated to three channels and the output's
-    channels are averaged back to one. ``tile``: LR pixels per tile, through ``infer.run_model``
+    channels are averaged back to one. ``tile``: LR pixels per tile, through ``runtime.run.run``
     (seamless: equal to the whole image to float noise for RepRFN and RFDN).
     """
     if tile is not None and tile < 1:
         raise UsageError(f"tile must be a positive number of pixels, got {tile}")
-    x = to_tensor(lr).to(_device(model))
-    channels = getattr(model, "in_channels", None) or x.shape[1]  # None: any (bicubic)
+    x = to_tensor(lr).to(model_device(model))
+    channels = describe(model).in_channels or x.shape[1]  # None: any (bicubic)
     if x.shape[1] == 1 and channels == 3:
         x = x.expand(-1, 3, -1, -1)
     elif x.shape[1] != channels:
         raise UsageError(f"a {x.shape[1]}-channel image for a model of {channels} input channels")
 
     def forward(t: Tensor) -> Tensor:
-        return run_model(model, t, tile=tile or 0, device=x.device)
+        return run(model, t, tile=tile or 0, device=x.device)
 
     with torch.inference_mode():
         y = flip_rotate_mean(forward, x) if self_ensemble else forward(x)
@@ -212,7 +213,7 @@ class DatasetResult:
 
 
 def evaluate_dataset(
-    model: nn.Module,
+    model: nn.Module | Bicubic,
     folder: str | os.PathLike,
     scale: int,
     *,

@@ -6,14 +6,14 @@ and W dynamic (the ESA's bilinear resize reads its target size from the input's 
 time), input ``input``, output ``output``, and the model's config in ``metadata_props``.
 
 ``onnx`` and ``onnxruntime`` are optional (``pip install 'reprfn[onnx]'``); they are imported only
-when a function here needs them. See ``docs/export.md``.
+when a function here needs them. Opening an export (``reprfn.runtime.onnx.OnnxEngine``), the cache
+of exports and the ONNX Runtime session options are the runtime's. See ``docs/export.md``.
 """
 
 from __future__ import annotations
 
 import copy
 import ctypes
-import hashlib
 import inspect
 import json
 import os
@@ -33,13 +33,12 @@ from torch import Tensor, nn
 
 from . import __version__
 from .checkpoint import metadata_for
-from .files import atomic_path
-
 from .errors import ExportError, UsageError
+from .files import atomic_path
+from .runtime.onnx import DEFAULT_OPSET, INSTALL_HINT, OnnxEngine, import_ort
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
-DEFAULT_OPSET = 17
 MIN_OPSET = 11  # first opset whose Resize matches PyTorch's bilinear; 9-10 give outputs 0.02 off (measured)
 FP32_TOLERANCE = 1e-4  # max |diff| allowed between ONNX Runtime and PyTorch, float32 export
 FP16_TOLERANCE = 1e-2  # ... float16 weights (against the float32 PyTorch model)
@@ -47,7 +46,6 @@ TORCHSCRIPT_TOLERANCE = 1e-5
 TRACE_SIZE = (32, 32)  # the input size used for tracing; never one of the checked sizes
 # Checked (batch, height, width): odd, non-square, not the traced size; the second has batch 2.
 CHECK_SHAPES = ((1, 61, 47), (2, 37, 53))
-INSTALL_HINT = "pip install 'reprfn[onnx]'"
 
 
 @dataclass
@@ -81,14 +79,6 @@ def _import_onnx() -> Any:
     except ImportError:
         raise ExportError(f"onnx is not installed: {INSTALL_HINT}") from None
     return onnx
-
-
-def _import_ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ExportError(f"onnxruntime is not installed: {INSTALL_HINT}") from None
-    return onnxruntime
 
 
 # ----------------------------------------------------------------------------------------------
@@ -300,7 +290,7 @@ def export_onnx(
     check_opset(opset)
     onnx = _import_onnx()
     if check:
-        _import_ort()
+        import_ort()
     path = Path(path)
     fused = deploy_copy(model)
     module: nn.Module = _Float16(copy.deepcopy(fused)).eval() if fp16 else fused
@@ -322,8 +312,8 @@ def export_onnx(
         onnx.save(proto, str(tmp))
         if check:
             limit = tolerance if tolerance is not None else (FP16_TOLERANCE if fp16 else FP32_TOLERANCE)
-            onnx_model = OnnxModel.from_file(tmp)
-            report.max_abs_diff, report.shapes_checked = parity(onnx_model, fused)
+            engine = OnnxEngine.from_file(tmp)  # the runtime's session factory, as every caller
+            report.max_abs_diff, report.shapes_checked = parity(engine, fused)
             if not report.max_abs_diff <= limit:  # also catches NaN
                 raise ExportError(f"{path}: ONNX Runtime output differs from PyTorch by "
                                   f"{report.max_abs_diff:.3g} (> {limit:g}); file not written")
@@ -337,7 +327,7 @@ def parity(
 ) -> tuple[float, list[tuple[int, ...]]]:
     """Max |candidate(x) - reference(x)| over crops of the sample photo, and the shapes used.
 
-    ``candidate`` is anything callable on a float32 CPU tensor (an ``OnnxModel``, a TorchScript
+    ``candidate`` is anything callable on a float32 CPU tensor (an ``OnnxEngine``, a TorchScript
     module); ``shapes`` are (batch, height, width).
     """
     worst, checked = 0.0, []
@@ -352,143 +342,6 @@ def parity(
             worst = max(worst, diff if np.isfinite(diff) else float("inf"))
             checked.append(tuple(x.shape))
     return worst, checked
-
-
-# ----------------------------------------------------------------------------------------------
-# Running an ONNX file
-# ----------------------------------------------------------------------------------------------
-
-
-class OnnxModel:
-    """An ONNX Runtime session that is called like the torch model, for inference.
-
-    ``model(x)`` takes a float ``(N, C, H, W)`` tensor in [0, 1] and returns float32
-    ``(N, C, s*H, s*W)`` on the input's device (computed on the CPU, or the session's provider).
-    ``scale``, ``in_channels``, ``arch`` and ``metadata`` come from the file's metadata.
-    """
-
-    def __init__(self, session: Any, metadata: dict[str, str], path: Path | None = None) -> None:
-        self.session = session
-        self.metadata = dict(metadata)
-        self.path = path
-        if self.metadata.get("format") != "reprfn" or "scale" not in self.metadata:
-            raise ExportError(f"{path or 'ONNX model'}: not a reprfn ONNX export (no reprfn metadata)")
-        self.arch = self.metadata.get("arch", "")
-        self.scale = int(self.metadata["scale"])
-        self.in_channels = int(self.metadata.get("in_channels", 3))
-        self.form = "deploy"
-        self.fp16 = self.metadata.get("precision") == "float16"
-        inp = session.get_inputs()[0]
-        self._input_name = inp.name
-        self._input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
-
-    @classmethod
-    def from_file(
-        cls,
-        path: str | os.PathLike,
-        *,
-        providers: Sequence[str] | None = None,
-        threads: int | None = None,
-    ) -> "OnnxModel":
-        """Open an ONNX file written by ``export_onnx`` (CPUExecutionProvider unless told)."""
-        _import_ort()
-        path = Path(path)
-        if not path.is_file():
-            raise ExportError(f"{path}: no such file")
-        return cls._open(str(path), path, providers, threads)
-
-    @classmethod
-    def from_bytes(cls, data: bytes, *, providers: Sequence[str] | None = None,
-                   threads: int | None = None) -> "OnnxModel":
-        return cls._open(data, None, providers, threads)
-
-    @classmethod
-    def _open(cls, source: str | bytes, path: Path | None, providers: Sequence[str] | None,
-              threads: int | None) -> "OnnxModel":
-        ort = _import_ort()
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # errors only
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        try:
-            session = ort.InferenceSession(source, sess_options=options,
-                                           providers=list(providers or ["CPUExecutionProvider"]))
-        except Exception as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ExportError(f"{path or 'ONNX model'}: cannot be loaded by onnxruntime ({reason[:200]})") from None
-        meta = dict(session.get_modelmeta().custom_metadata_map)
-        return cls(session, meta, path)
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise UsageError(f"expected a (N, {self.in_channels}, H, W) tensor, got {tuple(x.shape)}")
-        arr = x.detach().to("cpu", torch.float32).contiguous().numpy().astype(self._input_dtype, copy=False)
-        out = self.session.run(None, {self._input_name: arr})[0]
-        return torch.from_numpy(np.asarray(out, dtype=np.float32)).to(x.device)
-
-    forward = __call__
-
-    # torch-module look-alikes, so inference code can treat both the same way
-    def eval(self) -> "OnnxModel":
-        return self
-
-    def to(self, *args: Any, **kwargs: Any) -> "OnnxModel":
-        return self
-
-    def config(self) -> dict[str, Any]:
-        ints = ("scale", "in_channels", "channels", "blocks", "esa_channels")
-        return {k: int(v) if k in ints else v for k, v in self.metadata.items()
-                if k in ("arch", "form", *ints)}
-
-    def __repr__(self) -> str:
-        where = f" from {self.path}" if self.path else ""
-        return f"OnnxModel({self.arch} x{self.scale}{', float16' if self.fp16 else ''}{where})"
-
-
-def _model_digest(model: nn.Module, opset: int, fp16: bool) -> str:
-    """A key for the export cache: weights, config, options, reprfn and torch versions."""
-    h = hashlib.sha256()
-    config = model.config() if hasattr(model, "config") else {}
-    h.update(json.dumps([config, opset, fp16, __version__, torch.__version__], sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu", torch.float32).contiguous()
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def onnx_model_for(
-    model: nn.Module,
-    cache_dir: str | os.PathLike | None = None,
-    *,
-    fp16: bool = False,
-    opset: int = DEFAULT_OPSET,
-    threads: int | None = None,
-    check: bool = True,
-) -> OnnxModel:
-    """Export ``model`` (checked) and open it in ONNX Runtime; the backend of ``--backend onnxruntime``.
-
-    With ``cache_dir`` the file is kept there, named by a digest of the fused weights and the
-    options, and reused by later calls; without it the export goes to a temporary folder that is
-    removed once the session holds the model.
-    """
-    _import_ort()
-    fused = deploy_copy(model)
-    if cache_dir is None:
-        with tempfile.TemporaryDirectory(prefix="reprfn-onnx-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            export_onnx(fused, path, opset=opset, fp16=fp16, check=check)
-            return OnnxModel.from_bytes(path.read_bytes(), threads=threads)
-    name = f"{fused.arch}_x{fused.scale}_{_model_digest(fused, opset, fp16)}{'_fp16' if fp16 else ''}.onnx"
-    path = Path(cache_dir) / name
-    if path.is_file():
-        try:
-            return OnnxModel.from_file(path, threads=threads)
-        except ExportError:
-            pass  # unreadable (e.g. truncated by hand): export again
-    export_onnx(fused, path, opset=opset, fp16=fp16, check=check)
-    return OnnxModel.from_file(path, threads=threads)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -574,11 +427,9 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, *, check: bool
 __all__ = [
     "ExportError",
     "ExportReport",
-    "OnnxModel",
     "export_onnx",
     "export_torchscript",
     "image_batch",
-    "onnx_model_for",
     "parity",
     "sample_image",
     "verify_standalone",

@@ -184,8 +184,8 @@ model = load_model(path).eval()
 if mode != "-":
     set_mode(model, mode)
 if fast:
-    from reprfn.fast import accelerate
-    model = accelerate(model)
+    from reprfn.runtime.prepare import prepare
+    model = prepare(model)
     with torch.inference_mode():  # one-time work (an ONNX export, session, kernels) before the peak
         model(torch.rand(shape[0], shape[1], 24, 24))
 x = torch.rand(shape)
@@ -217,8 +217,8 @@ def peak_memory_mb(model: nn.Module, input_shape: str | tuple[int, ...] = (3, 18
     """Peak memory (MB, 2**20 bytes) one forward adds on top of the loaded model and input.
 
     CPU: a fresh process loads the model (saved to a temporary file), resets its peak-RSS mark,
-    runs one forward and reads the peak (Linux ``/proc``). ``fast`` measures ``reprfn.fast``'s
-    path instead of the eager model. CUDA: ``max_memory_allocated`` in this process.
+    runs one forward and reads the peak (Linux ``/proc``). ``fast`` measures the default upscale
+    path (``runtime.prepare``) instead of the eager model. CUDA: ``max_memory_allocated`` in this process.
     ``detail`` returns a dict with the process size before the forward and the output's size.
     """
     shape = parse_input(input_shape)
@@ -337,12 +337,11 @@ def profile_model(model: nn.Module, input_shape: str | tuple[int, ...] = (3, 180
         report["runtime_ms"] = eager["median_ms"]
         report["runtime"] = eager
         if torch.device(device).type == "cpu":
-            from .fast import accelerate
+            from .runtime.prepare import prepare
 
-            fast = accelerate(model)
-            if fast is not model:
-                report["runtime_default_path"] = {**runtime(fast, input_shape, device=device, runs=runs,
-                                                            warmup=warmup), "path": fast.path()}
+            runner = prepare(model, device)
+            report["runtime_default_path"] = {**runtime(runner, input_shape, device=device, runs=runs,
+                                                        warmup=warmup), "path": runner.describe()}
     return report
 
 

@@ -34,12 +34,15 @@ import time
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from torch import nn
 
 from .errors import ImageError, ReprfnError, ResourceError, UsageError, one_line
 from .images import INPUT_FORMATS, Picture, encode_picture, load_picture, own_pixel_limit
+
+if TYPE_CHECKING:
+    from .runtime.prepare import Runner
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # the whole request body
 MAX_PIXELS = 300_000  # input pixels (about 630x470): 4.8 megapixels out at x4
@@ -141,11 +144,12 @@ def upscale_bytes(data: bytes, model: nn.Module, *, name: str = "upload", max_pi
     import torch
 
     from .api import upscale_picture
+    from .runtime.info import describe
 
     start = time.perf_counter()
     pic = load_picture(BytesIO(data), max_pixels=max_pixels, name=name)
     out = upscale_picture(model, pic, tile="auto", device=device or torch.device("cpu"))
-    png = encode_png(out, result_name(name, model.scale))
+    png = encode_png(out, result_name(name, describe(model).scale))
     (h, w), (oh, ow) = pic.pixels.shape[:2], out.pixels.shape[:2]
     return Upscaled(png, (w, h), (ow, oh), time.perf_counter() - start)
 
@@ -206,25 +210,24 @@ class WorkQueue:
 
 
 class Models:
-    """The bundled model of each scale, loaded on first use (thread-safe)."""
+    """The bundled model of each scale, loaded and prepared (``runtime.prepare``: the engines of
+    ``reprfn upscale``) on first use (thread-safe)."""
 
     def __init__(self, device=None, loader: Callable[[int], nn.Module] | None = None) -> None:
         import torch
 
         self.device = device or torch.device("cpu")
         self._loader = loader
-        self._models: dict[int, nn.Module] = {}
+        self._models: dict[int, Runner] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, scale: int) -> nn.Module:
+    def __call__(self, scale: int) -> Runner:
         with self._lock:
             if scale not in self._models:
-                if self._loader is not None:
-                    self._models[scale] = self._loader(scale)
-                else:
-                    from .api import resolve_model
+                from .api import prepare, resolve_model
 
-                    self._models[scale] = resolve_model(None, scale, self.device)
+                model = self._loader(scale) if self._loader is not None else resolve_model(None, scale, self.device)
+                self._models[scale] = prepare(model, self.device)
             return self._models[scale]
 
 

@@ -1,15 +1,117 @@
-"""Building blocks shared by the model families: convs, ESA, the pixel-shuffle upsampler, a base class."""
+"""Building blocks shared by the model families: convs, the kernel set, ESA, the pixel-shuffle
+upsampler, a base class.
+
+**Kernels.** RepRFN's forward (and ESA's) is written in four operations, ``conv_act``,
+``conv_add``, ``add_`` and ``mul_``, that dispatch to the active ``Kernels`` set. The default set,
+``EAGER``, is plain PyTorch, out of place, with autograd: what training and every test of the
+models run. A runtime may run the *same* forward with another set (``use_kernels``): the fused CPU
+engine (``reprfn.runtime.kernels.ONEDNN``) fuses activations and adds into oneDNN convs and writes
+residuals in place. So each network is written once, and how its operations run is chosen apart
+from it. The set lives in a ``ContextVar``: it is per thread (a server's worker can run the fused
+set while another thread trains) and is reset when the ``with`` block ends.
+
+**Tile windows.** ``esa_window(window)`` tells every ESA run inside the block where its input sits
+in the whole image (``upsample_in_window``); it too is a ``ContextVar``, not state on the modules,
+so one model can run tiles of two images at once.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import operator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from ..errors import UsageError
 
 LRELU_SLOPE = 0.05
+Act = Literal["lrelu", "sigmoid"] | None
+Window = tuple[int, int, int, int]  # (top, left, height, width) of a tile's input in the whole image
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels: the operations forwards are written in, and the switch that chooses how they run
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """How ``conv_act``, ``conv_add``, ``add_`` and ``mul_`` are computed.
+
+    ``add_(x, y)`` and ``mul_(x, y)`` may write their result into ``x`` (a set for inference
+    does, to save a pass over memory): callers give an ``x`` that nothing else reads afterwards.
+    """
+
+    name: str
+    conv_act: Callable[[Tensor, nn.Conv2d, Act], Tensor]
+    conv_add: Callable[[Tensor, Tensor, nn.Conv2d], Tensor]
+    add_: Callable[[Tensor, Tensor], Tensor]
+    mul_: Callable[[Tensor, Tensor], Tensor]
+
+
+def _eager_conv_act(x: Tensor, conv: nn.Conv2d, act: Act) -> Tensor:
+    y = conv(x)
+    if act == "lrelu":
+        return F.leaky_relu(y, LRELU_SLOPE)
+    if act == "sigmoid":
+        return y.sigmoid()
+    return y
+
+
+def _eager_conv_add(x: Tensor, other: Tensor, conv: nn.Conv2d) -> Tensor:
+    return conv(x) + other
+
+
+EAGER = Kernels("eager", _eager_conv_act, _eager_conv_add, operator.add, operator.mul)
+_KERNELS: ContextVar[Kernels] = ContextVar("reprfn_kernels", default=EAGER)
+_WINDOW: ContextVar[Window | None] = ContextVar("reprfn_esa_window", default=None)
+
+
+@contextmanager
+def use_kernels(kernels: Kernels) -> Iterator[None]:
+    """Run the forwards inside the block with ``kernels`` (this thread only)."""
+    token = _KERNELS.set(kernels)
+    try:
+        yield
+    finally:
+        _KERNELS.reset(token)
+
+
+def conv_act(x: Tensor, conv: nn.Conv2d, act: Act = None) -> Tensor:
+    """``conv(x)``, then LeakyReLU(0.05) (``"lrelu"``), a sigmoid, or nothing (None)."""
+    return _KERNELS.get().conv_act(x, conv, act)
+
+
+def conv_add(x: Tensor, other: Tensor, conv: nn.Conv2d) -> Tensor:
+    """``conv(x) + other``."""
+    return _KERNELS.get().conv_add(x, other, conv)
+
+
+def add_(x: Tensor, other: Tensor) -> Tensor:
+    """``x + other``, possibly written into ``x``."""
+    return _KERNELS.get().add_(x, other)
+
+
+def mul_(x: Tensor, other: Tensor) -> Tensor:
+    """``x * other``, possibly written into ``x``."""
+    return _KERNELS.get().mul_(x, other)
+
+
+@contextmanager
+def esa_window(window: Window | None) -> Iterator[None]:
+    """Every ESA run inside the block samples its attention as the whole image would, its input
+    sitting at ``window`` = (top, left, height, width) of the whole image; None: a whole image."""
+    token = _WINDOW.set(window)
+    try:
+        yield
+    finally:
+        _WINDOW.reset(token)
 
 
 def conv(in_channels: int, out_channels: int, kernel_size: int = 3, **kw: Any) -> nn.Conv2d:
@@ -30,7 +132,7 @@ def pooled_length(n: int) -> int:
     return ((n - 3) // 2 + 1 - 7) // 3 + 1
 
 
-def upsample_in_window(c3: Tensor, size: tuple[int, int], window: tuple[int, int, int, int]) -> Tensor:
+def upsample_in_window(c3: Tensor, size: tuple[int, int], window: Window) -> Tensor:
     """Bilinear upsampling (align_corners=False) of a window's pooled map *as the whole image would*.
 
     ``window = (top, left, height, width)``: where this feature map sits in the full one, with
@@ -69,11 +171,9 @@ class ESA(nn.Module):
     (``conv_max``, ``conv3``, ``conv3_``) with ReLUs between them; ``full=False`` is RepRFN's,
     reduced to the single ``conv3``. Attribute names follow the released checkpoints.
 
-    ``window`` is None except during tiled inference (``reprfn.infer``), where it says where the
-    input sits in the full image (see ``upsample_in_window``).
+    Written in the kernel operations (see the module doc), so that the fused CPU engine runs this
+    one definition; during tiled inference ``esa_window`` places the upsampling grid.
     """
-
-    window: tuple[int, int, int, int] | None = None
 
     def __init__(self, channels: int, esa_channels: int, full: bool = False) -> None:
         super().__init__()
@@ -90,17 +190,24 @@ class ESA(nn.Module):
         self.conv4 = nn.Conv2d(f, channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        c1_ = self.conv1(x)
-        c1 = F.max_pool2d(self.conv2(c1_), kernel_size=7, stride=3)
+        """``x * sigmoid(conv4(up(c3) + conv_f(c1_)))``; ``x`` may be overwritten by a kernel set
+        for inference (``mul_``), so callers give ESA a tensor of their own."""
+        c1_ = conv_act(x, self.conv1)
+        c1 = F.max_pool2d(conv_act(c1_, self.conv2), kernel_size=7, stride=3)
         if self.full:
             c3 = self.conv3_(F.relu(self.conv3(F.relu(self.conv_max(c1)))))
         else:
             c3 = self.conv3(c1)
-        if self.window is None:
-            c3 = F.interpolate(c3, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        else:
-            c3 = upsample_in_window(c3, (x.shape[-2], x.shape[-1]), self.window)
-        return x * self.conv4(c3 + self.conv_f(c1_)).sigmoid()
+        up = upsample(c3, (x.shape[-2], x.shape[-1]))
+        return mul_(x, conv_act(conv_add(c1_, up, self.conv_f), self.conv4, "sigmoid"))
+
+
+def upsample(c3: Tensor, size: tuple[int, int]) -> Tensor:
+    """ESA's bilinear upsampling to ``size``: of the whole image, or of the tile ``esa_window`` names."""
+    window = _WINDOW.get()
+    if window is None:
+        return F.interpolate(c3, size=size, mode="bilinear", align_corners=False)
+    return upsample_in_window(c3, size, window)
 
 
 def pixelshuffle_block(in_channels: int, out_channels: int, scale: int) -> nn.Sequential:
@@ -118,6 +225,12 @@ class SRModel(nn.Module):
     arch: str = ""
     first_conv_name: str = "fea_conv"
     last_conv_name: str = "upsampler.0"
+    # What a runtime may rely on (``reprfn.runtime.describe``), declared with the architecture:
+    # ``kernel_ops``: the whole forward is written in the kernel operations (``conv_act`` ...),
+    # so another kernel set may run it; ``exact_tiles``: tiles can equal the whole image, its only
+    # whole-image operation (ESA's upsampling) taking the tile's window.
+    kernel_ops: bool = False
+    exact_tiles: bool = True
 
     def __init__(self, *, scale: int, in_channels: int, channels: int, blocks: int) -> None:
         super().__init__()
@@ -137,7 +250,7 @@ class SRModel(nn.Module):
             "form": self.form,
         }
 
-    def fuse(self) -> "SRModel":
+    def fuse(self) -> SRModel:
         """A new, deploy-form copy of this model (see ``reprfn.models.rep.fuse``)."""
         from .rep import fuse
 

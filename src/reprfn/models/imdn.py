@@ -57,6 +57,7 @@ class IMDN(DistillationNet):
 
     arch = "imdn"
     block_prefix = "IMDB"
+    exact_tiles = False  # CCA's per-channel mean and std are over the whole input: a tile's differ
 
     def __init__(self, *, scale: int = 4, in_channels: int = 3, channels: int = 64, blocks: int = 6) -> None:
         super().__init__(scale=scale, in_channels=in_channels, channels=channels, blocks=blocks)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .blocks import conv_act
+
 Mode = Literal["branches", "online"]
 LRELU_SLOPE = 0.05
 
@@ -116,7 +118,11 @@ class EdgeBranch(nn.Module):
 
 
 class ConvLReLU(nn.Sequential):
-    """Deploy form of a RepBlock: one real 3x3 ``nn.Conv2d`` followed by LeakyReLU(0.05)."""
+    """Deploy form of a RepBlock: one real 3x3 ``nn.Conv2d`` followed by LeakyReLU(0.05).
+
+    ``act`` is kept as a module (the checkpoints' and the printed structure's layout); the forward
+    is the kernel operation ``conv_act``, so that a fused kernel set computes both in one call.
+    """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
@@ -125,6 +131,9 @@ class ConvLReLU(nn.Sequential):
                 act=nn.LeakyReLU(LRELU_SLOPE),
             )
         )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return conv_act(x, self.conv, "lrelu")
 
 
 class RepBlock(nn.Module):

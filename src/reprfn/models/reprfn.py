@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .blocks import ESA, SRModel, conv, lrelu, pixelshuffle_block
+from .blocks import ESA, SRModel, add_, conv, conv_act, conv_add, lrelu, pixelshuffle_block
 from .rep import ConvLReLU, Mode, RepBlock
 from ..errors import UsageError
 
@@ -49,12 +49,12 @@ class RepRFB(nn.Module):
         out, distilled = x, []
         for i, block in enumerate(self.rep):
             if hasattr(self, "distill"):
-                distilled.append(lrelu(self.distill[i](out)))
+                distilled.append(conv_act(out, self.distill[i], "lrelu"))
             out = block(out)
-        out = lrelu(self.conv(out))
+        out = conv_act(out, self.conv, "lrelu")
         if distilled:
-            out = self.fusion(torch.cat([*distilled, out], dim=1))
-        return self.esa(x + out)
+            out = conv_act(torch.cat([*distilled, out], dim=1), self.fusion)
+        return self.esa(add_(out, x))  # out is this block's own: the sum may take its memory
 
 
 class RFB(nn.Module):
@@ -93,11 +93,12 @@ class RFNet(SRModel):
         raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
-        feat = self.fea_conv(x)
+        feat = conv_act(x, self.fea_conv)
         out = feat
         for block in self.blocks:
             out = block(out)
-        return self.upsampler(self.lr_conv(out) + feat)
+        shuffle_conv, shuffle = self.upsampler
+        return shuffle(conv_act(conv_add(out, feat, self.lr_conv), shuffle_conv))
 
 
 class RepRFN(RFNet):
@@ -108,6 +109,7 @@ class RepRFN(RFNet):
     """
 
     arch = "reprfn"
+    kernel_ops = True  # RepRFB, ConvLReLU and ESA are written in the kernel operations
     VARIANTS: dict[str, dict[str, bool]] = {
         "reprfn": {},
         "reprfn-noedge": {"edges": False},

@@ -1,4 +1,5 @@
-"""Tiled inference: seams within one 8-bit level of the whole image, on real photos and odd sizes."""
+"""Tiled inference (reprfn.runtime.run): seams within one 8-bit level of the whole image, on real
+photos and odd sizes."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import reprfn.infer as infer
+import reprfn.runtime.engines as engines
+import reprfn.runtime.memory as memory
 from reprfn import load_model
 from reprfn.checkpoint import bundled_weights
-from reprfn.infer import DEFAULT_PAD, auto_tile, run_model
 from reprfn.models.blocks import ESA_STRIDE, pooled_length, upsample_in_window
+from reprfn.runtime.info import BYTES_PER_PIXEL
+from reprfn.runtime.memory import DEFAULT_PAD, auto_tile
+from reprfn.runtime.run import run as run_model
 from tests.helpers import shared_path
 
 SAMPLE = bundled_weights(4).parent.parent / "assets" / "astronaut.png"
@@ -64,7 +68,7 @@ def test_global_esa_geometry_is_what_makes_tiles_exact(model, monkeypatch):
     """Without sampling ESA at the whole image's coordinates the seams show (this can fail)."""
     inp = _tensor(np.array(Image.open(SAMPLE).convert("RGB"))[:150, :150])
     whole = run_model(model, inp)
-    monkeypatch.setattr(infer, "esa_window", lambda m, w: nullcontext())
+    monkeypatch.setattr(engines, "esa_window", lambda window: nullcontext())
     assert (run_model(model, inp, tile=42) - whole).abs().max() > 1e-3
 
 
@@ -82,12 +86,12 @@ def test_tiny_images(model, h, w):
 
 
 def test_auto_tile(monkeypatch):
-    monkeypatch.setattr(infer, "available_memory", lambda device: 64 * 2**30)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 64 * 2**30)
     assert auto_tile(540, 960, torch.device("cpu")) == 0
-    monkeypatch.setattr(infer, "available_memory", lambda device: 200 * 2**20)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 200 * 2**20)
     tile = auto_tile(2000, 3000, torch.device("cpu"))
     budget = 0.25 * 200 * 2**20
-    assert tile >= infer.MIN_TILE and tile % ESA_STRIDE == 0
+    assert tile >= memory.MIN_TILE and tile % ESA_STRIDE == 0
     # the largest aligned tile whose padded window fits a quarter of free memory
-    assert (tile + 2 * DEFAULT_PAD) ** 2 * infer.BYTES_PER_PIXEL <= budget
-    assert (tile + ESA_STRIDE + 2 * DEFAULT_PAD) ** 2 * infer.BYTES_PER_PIXEL > budget
+    assert (tile + 2 * DEFAULT_PAD) ** 2 * BYTES_PER_PIXEL <= budget
+    assert (tile + ESA_STRIDE + 2 * DEFAULT_PAD) ** 2 * BYTES_PER_PIXEL > budget

@@ -1,0 +1,109 @@
+"""Engines: what runs a forward. One written protocol, and the two PyTorch engines.
+
+An engine is a plain callable with three attributes (``Engine``); nothing here subclasses
+``nn.Module`` or forwards attributes to a model. What a model *is* (scale, channels, form) is its
+``ModelInfo``; an engine only says how it runs:
+
+* ``TorchEngine``: the model as it is, on any device, in any precision (autocast); what
+  ``--backend torch`` runs, and every GPU or bf16/fp16 run.
+* ``FusedCPUEngine``: the deploy form in channels-last (NHWC), where oneDNN's direct 3x3 conv
+  runs near the machine's peak, with the oneDNN kernel set (``runtime.kernels``) when the model's
+  forward is written in the kernel operations; the default CPU path for tiles, and for whole
+  images when neither ONNX Runtime nor OpenVINO is there.
+
+Both honour a tile's ``window`` (ESA samples its attention at the whole image's coordinates), so
+tiles equal the whole image to float noise. ONNX Runtime and OpenVINO (``runtime.onnx``,
+``runtime.openvino``) cannot, and say so with ``exact_tiles = False``.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UsageError
+from ..models.blocks import Window, esa_window, use_kernels
+from .info import BYTES_PER_PIXEL, describe
+from .kernels import ONEDNN, fused_ops_available
+
+Precision = Literal["fp32", "bf16", "fp16"]
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CL = torch.channels_last
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Runs a model's forward: float ``(N, C, H, W)`` in [0, 1] -> float32 ``(N, C, sH, sW)``.
+
+    ``window``: where the input sits in the whole image, ``(top, left, height, width)``, when it
+    is a tile; an engine that can place ESA's grid by it has ``exact_tiles = True``, one that
+    cannot ignores it (its tiles are approximate). ``bytes_per_pixel``: peak memory of a
+    whole-image forward per LR pixel, for choosing tile sizes (``memory.auto_tile``).
+    """
+
+    name: str
+    exact_tiles: bool
+    bytes_per_pixel: int
+
+    def __call__(self, x: Tensor, window: Window | None = None) -> Tensor: ...
+
+
+class TorchEngine:
+    """The model as it is, on ``device``, in ``precision`` (bf16/fp16 through autocast)."""
+
+    name = "torch"
+
+    def __init__(self, model: nn.Module, device: torch.device | str = "cpu", precision: Precision = "fp32") -> None:
+        if precision not in AUTOCAST:
+            raise UsageError(f"unknown precision {precision!r}; use 'fp32', 'bf16' or 'fp16'")
+        self.model, self.device, self.precision = model, torch.device(device), precision
+        self.exact_tiles = describe(model).exact_tiles
+        self.bytes_per_pixel = BYTES_PER_PIXEL
+
+    def __call__(self, x: Tensor, window: Window | None = None) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        dtype = AUTOCAST[self.precision]
+        with esa_window(window), (nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)):
+            return self.model(x).float()
+
+
+class FusedCPUEngine:
+    """The deploy form, channels-last, with the oneDNN kernel set where the model allows it.
+
+    Equal to the model to float rounding (<= 1e-5 on photos). The deploy form is the model itself
+    when it has nothing to fold (weights shared), else ``model.fuse()`` (a copy). A forward that is
+    not a float32 CPU forward without autograd or autocast runs the deploy form as it is: the
+    kernel set writes in place, which autograd forbids.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        info = describe(model)
+        self.model = (model if info.form == "deploy" else model.fuse()).eval()
+        self.kernels = ONEDNN if info.kernel_ops and fused_ops_available() else None
+        self.exact_tiles = info.exact_tiles
+        self.bytes_per_pixel = BYTES_PER_PIXEL
+        self.name = "torch-fused" if self.kernels else "torch-channels-last"
+
+    def describe(self) -> str:
+        """Which kernels run, in words."""
+        if self.kernels is not None:
+            return f"PyTorch, fused {self.kernels.name}"
+        return "PyTorch, channels-last eager"
+
+    def _plain(self, x: Tensor) -> bool:
+        return (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
+                or (torch.is_grad_enabled()
+                    and (x.requires_grad or any(p.requires_grad for p in self.model.parameters()))))
+
+    def __call__(self, x: Tensor, window: Window | None = None) -> Tensor:
+        with esa_window(window):
+            if self._plain(x):
+                return self.model(x)
+            x = x.contiguous(memory_format=CL)
+            if self.kernels is None:
+                return self.model(x).contiguous()
+            with use_kernels(self.kernels):
+                return self.model(x).contiguous()

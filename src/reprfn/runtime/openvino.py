@@ -1,0 +1,71 @@
+"""OpenVINO: the cached ONNX export compiled by OpenVINO's CPU plugin, as an ``Engine``.
+
+Float32 inference precision is asked for explicitly: on CPUs with bf16 or AMX units OpenVINO would
+otherwise compute in bfloat16, which is not the model's function. The compiled model is checked
+against PyTorch on a photo crop when it is opened (``open_openvino``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ExportError
+from ..models.blocks import Window
+from .info import OPENVINO_BYTES_PER_PIXEL, ModelInfo
+from .onnx import cached_export
+
+TOLERANCE = 1e-4
+
+
+def openvino_available() -> bool:
+    """OpenVINO and the ONNX exporter are installed (``pip install 'reprfn[openvino]'``)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "openvino"))
+
+
+class OpenVinoEngine:
+    """An ONNX file compiled for the CPU, f32, latency hint; float32 in and out. One request,
+    guarded by a lock (a request runs one inference at a time)."""
+
+    name = "openvino"
+    exact_tiles = False  # the ONNX graph places ESA's upsampling grid by the size it is given
+    bytes_per_pixel = OPENVINO_BYTES_PER_PIXEL
+
+    def __init__(self, path: Path, info: ModelInfo, threads: int | None = None) -> None:
+        import openvino as ov
+
+        self.path, self.info = path, info
+        compiled = ov.Core().compile_model(str(path), "CPU", {
+            "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()), "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32"})
+        self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def __call__(self, x: Tensor, window: Window | None = None) -> Tensor:
+        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        with self._lock:
+            out = self._request.infer({0: arr})[0].copy()
+        return torch.from_numpy(out).to(x.device)
+
+
+def open_openvino(model: nn.Module, info: ModelInfo, threads: int | None = None,
+                  directory: str | os.PathLike | None = None) -> OpenVinoEngine:
+    """The cached export of ``model`` compiled by OpenVINO, checked against PyTorch on a probe.
+
+    The probe is a photo crop (``export.image_batch``), not noise: on noise some trained models
+    leave the [0, 1] range by orders of magnitude and float rounding alone exceeds any tolerance.
+    """
+    from ..export import deploy_copy, image_batch
+
+    engine = OpenVinoEngine(cached_export(model, directory=directory), info, threads)
+    probe = image_batch(1, 32, 40, info.in_channels or 3)
+    with torch.inference_mode():
+        diff = (engine(probe) - deploy_copy(model)(probe)).abs().max().item()
+    if not diff <= TOLERANCE:
+        raise ExportError(f"OpenVINO and PyTorch disagree by {diff:.1e}")
+    return engine

@@ -1,0 +1,202 @@
+"""How a model runs: ``prepare`` picks its engines once and returns a ``Runner``.
+
+The policy, in one place:
+
+* ``backend="torch"``: the model as it is (``TorchEngine``), any device and precision.
+* ``backend="onnxruntime"``: ONNX Runtime on the CPU for everything, opened now (a failure is an
+  error); its tiles are approximate (docs/inference.md).
+* ``backend="auto"`` (the default): on the CPU in fp32, tiles through the fused PyTorch engine
+  (``FusedCPUEngine``, exact), and whole images through ONNX Runtime or OpenVINO when one is
+  installed (``REPRFN_ENGINE`` chooses, ``REPRFN_ONNX=0`` leaves both out), else through the fused
+  engine too. The whole-image engine is opened on the first whole image (an export of a few
+  seconds, then cached on disk); if that fails for any reason the fused engine takes over and
+  ``Runner.fallback`` says why. Anything else (CUDA, bf16/fp16) runs the model as it is.
+
+A ``Runner`` is itself an ``Engine``: called with a tile's window it runs the exact engine,
+without one the whole-image engine. It holds no per-call state besides the lazily opened engine,
+so a later cache of prepared runners (keyed by ``onnx.model_digest``, device, precision, backend)
+can sit in ``prepare`` alone; a bf16 engine or a ``--precision auto`` policy is one more row in
+``_auto_engines``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UsageError, one_line
+from ..models.blocks import Window
+from .engines import Engine, FusedCPUEngine, Precision, TorchEngine
+from .info import BYTES_PER_PIXEL, OPENVINO_BYTES_PER_PIXEL, ModelInfo, describe
+from .onnx import onnxruntime_available, open_onnx
+from .openvino import open_openvino, openvino_available
+
+Backend = Literal["auto", "torch", "onnxruntime"]
+Model = nn.Module | Engine  # a torch model, or an engine that carries its ``info``
+LABELS = {
+    "onnxruntime": "ONNX Runtime",
+    "openvino": "OpenVINO",
+    "torch": "PyTorch (the model as it is)",
+    "torch-fused": "PyTorch, fused oneDNN post-ops, channels-last",
+    "torch-channels-last": "PyTorch, channels-last eager",
+    "bicubic": "MATLAB bicubic",
+}
+
+
+@dataclass(frozen=True)
+class Opener:
+    """An engine not opened yet: its name, what it will need per pixel, and how to open it."""
+
+    name: str
+    bytes_per_pixel: int
+    open: Callable[[], Engine]
+
+
+class Runner:
+    """One model, ready to run: its ``info``, the ``tiles`` engine and the whole-image engine."""
+
+    def __init__(self, info: ModelInfo, tiles: Engine, whole: Engine | Opener | None = None, *,
+                 device: torch.device | str = "cpu") -> None:
+        self.info, self.tiles, self.device = info, tiles, torch.device(device)
+        self._pending = whole if isinstance(whole, Opener) else None
+        self._whole: Engine | None = None if isinstance(whole, Opener) else whole
+        self.whole_name: str | None = whole.name if whole is not None else None
+        self.fallback: str | None = None  # why the whole-image engine could not be opened
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        whole = self.whole_name
+        return self.tiles.name if whole in (None, self.tiles.name) else f"{whole}+{self.tiles.name}"
+
+    @property
+    def opened(self) -> Engine | None:
+        """The whole-image engine once opened (None before, and after a fallback)."""
+        return self._whole
+
+    @property
+    def exact_tiles(self) -> bool:
+        return self.tiles.exact_tiles
+
+    @property
+    def bytes_per_pixel(self) -> int:
+        """Of a whole-image forward: the whole-image engine's figure (before it is opened too)."""
+        if self._whole is not None:
+            return self._whole.bytes_per_pixel
+        if self._pending is not None:
+            return self._pending.bytes_per_pixel
+        return self.tiles.bytes_per_pixel
+
+    def whole(self) -> Engine:
+        """The whole-image engine, opened on first use; the tiles engine if it cannot be."""
+        with self._lock:
+            if self._pending is not None:
+                try:
+                    self._whole = self._pending.open()
+                except Exception as exc:  # noqa: BLE001 - any failure means: use PyTorch
+                    self.fallback = one_line(exc)[:200]
+                self._pending = None
+        return self._whole or self.tiles
+
+    def __call__(self, x: Tensor, window: Window | None = None) -> Tensor:
+        """A tile (``window`` given) through the exact engine; so too anything a whole-image
+        engine cannot take (not a float32 CPU tensor, autocast, autograd); else the whole image."""
+        unusual = (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
+                   or (torch.is_grad_enabled() and x.requires_grad))
+        if window is not None or unusual:
+            return self.tiles(x, window)
+        return self.whole()(x)
+
+    def describe(self) -> str:
+        """Which engines run what, in words (``reprfn profile``, the benchmarks)."""
+        tiles = LABELS.get(self.tiles.name, self.tiles.name)
+        whole = LABELS.get(self.whole_name or "", self.whole_name)
+        if self.fallback:
+            return f"{tiles} ({whole} failed: {self.fallback})"
+        if self.whole_name in (None, self.tiles.name):
+            return tiles
+        return f"{whole} (whole images); {tiles} (tiles)"
+
+    def __repr__(self) -> str:
+        return f"Runner({self.info.arch} x{self.info.scale}: {self.describe()})"
+
+
+def whole_image_engine() -> str | None:
+    """The whole-image engine of ``backend="auto"``: ``$REPRFN_ENGINE`` if set and installed, else
+    ONNX Runtime, else OpenVINO, else None (PyTorch only)."""
+    installed = {"onnxruntime": onnxruntime_available(), "openvino": openvino_available()}
+    wanted = os.environ.get("REPRFN_ENGINE", "")
+    if wanted and wanted not in installed:
+        raise UsageError(f"REPRFN_ENGINE={wanted!r}: use 'onnxruntime' or 'openvino'")
+    if wanted and installed[wanted]:
+        return wanted
+    return next((name for name, ok in installed.items() if ok), None)
+
+
+def opener(name: str, model: nn.Module, info: ModelInfo) -> Opener:
+    """How to open the whole-image engine ``name`` ("onnxruntime" or "openvino") for ``model``."""
+    if name == "onnxruntime":
+        return Opener(name, BYTES_PER_PIXEL, lambda: open_onnx(model))
+    if name == "openvino":
+        return Opener(name, OPENVINO_BYTES_PER_PIXEL, lambda: open_openvino(model, info))
+    raise UsageError(f"unknown engine {name!r}; use 'openvino' or 'onnxruntime'")
+
+
+def _auto_engines(model: nn.Module, info: ModelInfo, device: torch.device,
+                  precision: Precision) -> tuple[Engine, Opener | None]:
+    """(tiles engine, whole-image engine to open) of ``backend="auto"``."""
+    if device.type != "cpu" or precision != "fp32":
+        return TorchEngine(model, device, precision), None
+    name = whole_image_engine()
+    use_onnx = os.environ.get("REPRFN_ONNX", "1") != "0" and name is not None
+    return FusedCPUEngine(model), opener(name, model, info) if use_onnx else None
+
+
+def prepare(model: Model | Runner, device: torch.device | str = "cpu", precision: Precision = "fp32",
+            backend: Backend = "auto") -> Runner:
+    """How ``model`` runs on ``device`` in ``precision`` with ``backend`` (module doc).
+
+    ``model``: a torch model, a ``Runner`` (returned as it is: it was prepared already), or an
+    engine that carries its ``info`` (an ``OnnxEngine``, the bicubic baseline: run as it is).
+    """
+    if isinstance(model, Runner):
+        return model
+    if backend not in ("auto", "torch", "onnxruntime"):
+        raise UsageError(f"unknown backend {backend!r}; use 'auto', 'torch' or 'onnxruntime'")
+    device = torch.device(device)
+    if not isinstance(model, nn.Module) and isinstance(model, Engine):
+        return Runner(describe(model), model, device=device)
+    info = describe(model)
+    if backend == "torch":
+        return Runner(info, TorchEngine(model, device, precision), device=device)
+    if backend == "onnxruntime":
+        if device.type != "cpu":
+            raise UsageError("the onnxruntime backend runs on the CPU: use device='cpu'")
+        return Runner(info, open_onnx(model), device=device)
+    tiles, whole = _auto_engines(model, info, device, precision)
+    return Runner(info, tiles, whole, device=device)
+
+
+def model_device(model: Model | Runner) -> torch.device:
+    """Where a model runs: a ``Runner``'s device, else where its weights are (the CPU for a model
+    without any, or one that is not torch)."""
+    if isinstance(model, Runner):
+        return model.device
+    params = model.parameters() if isinstance(model, nn.Module) else iter(())
+    first = next(iter(params), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def as_runner(model: Model | Runner, device: torch.device | str | None = None,
+              precision: Precision = "fp32") -> Runner:
+    """A ``Runner`` as it is; anything else run as it is (``backend="torch"``) on ``device``
+    (default: where its weights are): a bare model passed to ``run`` stays a bare model."""
+    if isinstance(model, Runner):
+        return model
+    return prepare(model, device if device is not None else model_device(model), precision, "torch")
