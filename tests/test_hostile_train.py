@@ -270,7 +270,7 @@ def test_model_init_starts_from_the_weights_of_either_form(tmp_path, photos):
 _WORKERS_CHECK = """
 import sys, torch
 from reprfn.data import PatchSampler, decode_training_set
-from reprfn.train import make_loader
+from reprfn.training.build import make_loader
 
 pairs = decode_training_set(sys.argv[1], 2, min_hr_size=32)
 sampler = PatchSampler(pairs, 2, 32, 3, seed=7)

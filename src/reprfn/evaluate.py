@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import UsageError
-from .images import IMAGE_SUFFIXES, ImageError, list_images, read_image, to_tensor, to_uint8, write_png
+from .errors import ImageError, UsageError
+from .images import IMAGE_SUFFIXES, list_images, read_image, to_tensor, to_uint8, write_png
 from .metrics import psnr, ssim
 from .outputs import refuse_collisions
 from .resize import imresize
