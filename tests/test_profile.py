@@ -149,7 +149,7 @@ def test_cli_profile_writes_json(tmp_path, capsys):
     c = count(build("reprfn", form="deploy"), "3x32x40")  # what the JSON must say: the counter's figures
     assert (r["params"], r["macs"], r["activations"], r["convs"]) == (401_504, c.macs, c.activations, 39)
     assert r["uncounted"] == json.loads(json.dumps(c.uncounted)) and r["input"] == [3, 32, 40]
-    assert r["form"] == "fused" and r["runtime"]["threads"] == torch.get_num_threads()
+    assert r["form"] == "deploy" and r["runtime"]["threads"] == torch.get_num_threads()
     # measured figures: finite and plausible (the x4 output alone is 3 x 128 x 160 floats, 0.23 MB)
     assert 0.2 < r["peak_memory_mb"] < 4000 and r["peak_memory_mb"] == r["memory"]["peak_memory_mb"]
     assert 0 < r["runtime_ms"] == r["runtime"]["median_ms"] < 60_000

@@ -14,10 +14,17 @@ from torch import nn
 from reprfn import build, load_model, save_model
 from reprfn.checkpoint import bundled_weights
 from reprfn.cli import main
+from reprfn.models import fuse
 from reprfn.profile import count
 from reprfn.report import (
-    Column, Sample, choose_crops, column_labels, deploy_form, difference_map,
-    display_names, region_around, svg_plot,
+    Column,
+    Sample,
+    choose_crops,
+    column_labels,
+    difference_map,
+    display_names,
+    region_around,
+    svg_plot,
 )
 from tests.browser import Chromium, not_blank
 from tests.helpers import randomize
@@ -110,7 +117,7 @@ def test_mac_counter_follows_the_conv_formula():
 
 def test_costs_are_counted_on_the_deploy_form():
     model = build("reprfn", scale=4)  # training form: nine branches per RepBlock
-    fused = deploy_form(model)
+    fused = fuse(model)
     bundled = load_model(bundled_weights(4))
     assert fused.form == "deploy" and sum(p.numel() for p in fused.parameters()) == 401_504
     assert count(fused, (3, 180, 320)).macs == count(bundled, (3, 180, 320)).macs == 22_174_424_064
@@ -124,7 +131,7 @@ def test_columns_count_with_the_profile_module():
     models = [("bicubic", "bicubic", Bicubic(SCALE)), ("m", "m.safetensors", model)]
     cols = report.describe_columns(models, SCALE, repeats=1)
     assert cols[0].params is None and cols[0].macs is None and 0 < cols[0].cpu_ms < 60_000
-    fused = deploy_form(model)  # costs are those of the deploy form
+    fused = fuse(model)  # costs are those of the deploy form
     assert cols[1].params == sum(p.numel() for p in fused.parameters()) and 0 < cols[1].cpu_ms < 60_000
     assert cols[1].macs == count(fused, (3, 720 // SCALE, 1280 // SCALE)).macs
     assert cols[1].mac_counter == report.MAC_COUNTER

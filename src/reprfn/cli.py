@@ -16,10 +16,10 @@ from tqdm import tqdm
 
 from . import __version__
 from .checkpoint import describe, load_model, save_model
+from .errors import ReprfnError, UsageError, one_line
 from .evaluate import Bicubic, DatasetResult, evaluate_dataset, output_names
 from .files import atomic_path, check_writable
 from .models import build, names
-from .errors import ReprfnError, UsageError, one_line
 
 EXIT_ERROR = 2
 
@@ -278,15 +278,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _profile_target(args: argparse.Namespace):
     """The model ``reprfn profile`` measures: a registered name (random weights) or a checkpoint."""
-    from .models import set_mode
+    from .models import RepBlock, set_mode
 
     if not Path(args.model).exists() and args.model in names():
-        model = build(args.model, scale=args.scale or 4, form="deploy" if args.form == "fused" else "train")
+        model = build(args.model, scale=args.scale or 4, form=args.form)
     else:
         model = load_model(args.model, arch=args.arch, scale=args.scale, data_range=args.data_range)
-    has_rep = getattr(model, "arch", "") == "reprfn"
-    if args.form == "fused":
-        return model if model.form == "deploy" or not has_rep else model.fuse()
+    has_rep = any(isinstance(m, RepBlock) for m in model.modules()) or model.form == "deploy"
+    if args.form == "deploy":
+        return model.fuse() if model.form == "train" else model
     if has_rep and model.form == "deploy":
         raise UsageError(f"{args.model}: a deploy-form checkpoint has no training form (its branches are fused)")
     return set_mode(model, args.mode).eval()
@@ -313,10 +313,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
-        from .serve import create_app, listen_socket, serve
         import python_multipart  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
+
+        from .serve import create_app, listen_socket, serve
     except ImportError as exc:
         raise UsageError(f"reprfn serve needs the 'serve' extra ({exc.name} is missing): "
                          "pip install 'reprfn[serve]'") from None
@@ -445,7 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="params, MACs, activations, convs (NTIRE counter), peak memory, runtime")
     p.add_argument("model", metavar="MODEL_NAME|WEIGHTS", help=f"an architecture ({', '.join(names())}) or a checkpoint")
     p.add_argument("--input", default="3x180x320", metavar="CxHxW", help="LR input size (default 3x180x320: 720p out at x4)")
-    p.add_argument("--form", choices=("fused", "train"), default="fused", help="fused (deploy, default) or training form")
+    p.add_argument("--form", choices=("deploy", "train"), default="deploy",
+                   help="deploy (RepBlocks fused into 3x3 convs; the default) or train (the training form)")
     p.add_argument("--mode", choices=("branches", "online"), default="branches",
                    help="RepBlocks of the training form: nine branches (the paper's) or online fusion")
     p.add_argument("--runtime", action="store_true", help="also time forwards (eager, and the default upscale path)")

@@ -35,6 +35,7 @@ from . import __version__
 from .checkpoint import metadata_for
 from .errors import ExportError, UsageError
 from .files import atomic_path
+from .models import fuse
 from .runtime.onnx import DEFAULT_OPSET, INSTALL_HINT, OnnxEngine, import_ort
 
 INPUT_NAME = "input"
@@ -82,19 +83,8 @@ def _import_onnx() -> Any:
 
 
 # ----------------------------------------------------------------------------------------------
-# Helpers: the fused CPU copy, natural-image test inputs
+# Natural-image test inputs
 # ----------------------------------------------------------------------------------------------
-
-
-def deploy_copy(model: nn.Module) -> nn.Module:
-    """A fused, float32, CPU, eval-mode copy of ``model``; ``model`` itself is left as it is."""
-    if getattr(model, "form", "train") == "deploy":
-        fused = copy.deepcopy(model)
-    elif hasattr(model, "fuse"):
-        fused = model.fuse()
-    else:
-        raise TypeError(f"expected a reprfn model (reprfn.models.SRModel), got {type(model).__name__}")
-    return fused.to(device="cpu", dtype=torch.float32).eval()
 
 
 def sample_image() -> Path:
@@ -292,7 +282,7 @@ def export_onnx(
     if check:
         import_ort()
     path = Path(path)
-    fused = deploy_copy(model)
+    fused = fuse(model).to("cpu", torch.float32)
     module: nn.Module = _Float16(copy.deepcopy(fused)).eval() if fp16 else fused
     example = image_batch(1, *TRACE_SIZE, in_channels=fused.in_channels)
     report = ExportReport(path=path, opset=opset, fp16=fp16)
@@ -407,7 +397,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, *, check: bool
     Load with ``torch.jit.load(path)``; no reprfn import is needed.
     """
     path = Path(path)
-    fused = deploy_copy(model)
+    fused = fuse(model).to("cpu", torch.float32)
     example = image_batch(1, *TRACE_SIZE, in_channels=fused.in_channels)
     with warnings.catch_warnings():
         # torch.jit is deprecated in recent torch but works; chosen on purpose (docs/export.md)

@@ -48,7 +48,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+
 from .errors import UsageError
+from .models.rep import RepBlock
 
 COUNTER = "NTIRE ESR model_summary.py conventions: conv MACs without bias + ReLU-family output elements"
 RELU_FAMILY = {"relu", "relu_", "leaky_relu", "leaky_relu_", "_prelu_kernel", "prelu", "elu", "elu_",
@@ -309,7 +311,7 @@ def profile_model(model: nn.Module, input_shape: str | tuple[int, ...] = (3, 180
     report: dict[str, Any] = {
         "arch": getattr(model, "arch", type(model).__name__),
         "scale": getattr(model, "scale", None),
-        "form": "train" if any(m.__class__.__name__ == "RepBlock" for m in model.modules()) else "fused",
+        "form": "train" if any(isinstance(m, RepBlock) for m in model.modules()) else "deploy",
         "input": list(c.input),
         "counter": COUNTER,
         "params": c.params,

@@ -17,7 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from ..evaluate import DatasetResult
-from .costs import MAC_COUNTER, MAC_OUTPUT, TIME_LR, deploy_form, describe_columns
+from .costs import MAC_COUNTER, MAC_OUTPUT, TIME_LR, describe_columns
 from .crops import CROP_HR, N_CROPS, REGION_HR, choose_crops, difference_map, region_around
 from .html import render, write_report
 from .run import MAX_IMAGES, Collector, Column, Run, Sample, column_labels, display_names
@@ -25,7 +25,7 @@ from .svg import svg_plot
 
 __all__ = [
     "CROP_HR", "MAC_COUNTER", "MAC_OUTPUT", "MAX_IMAGES", "N_CROPS", "REGION_HR", "TIME_LR", "Collector",
-    "Column", "ReportOptions", "Run", "Sample", "choose_crops", "column_labels", "deploy_form",
+    "Column", "ReportOptions", "Run", "Sample", "choose_crops", "column_labels",
     "describe_columns", "difference_map", "display_names", "eval_report", "region_around", "render",
     "svg_plot", "write_report",
 ]

@@ -8,7 +8,6 @@ current thread count, the models taking turns.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Sequence
@@ -16,16 +15,12 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from ..models import fuse
 from ..profile import count
 from .run import Column
 
 MAC_OUTPUT = (720, 1280)  # MACs are counted for an output of this size (H, W): NTIRE's convention
 TIME_LR = 128  # CPU time is measured on a TIME_LR x TIME_LR LR input
-
-
-def deploy_form(model: nn.Module) -> nn.Module:
-    """The fused form of a model in training form (what is deployed and counted), else itself."""
-    return model.fuse() if getattr(model, "form", None) == "train" else model
 
 
 MAC_COUNTER = "the NTIRE challenge's conventions (reprfn.profile: conv MACs + ReLU-family outputs)"
@@ -45,7 +40,7 @@ def describe_columns(models: Sequence[tuple[str, str, nn.Module]], scale: int, r
             columns.append(Column(label, weights, arch))
             nets.append(model)
             continue
-        net = deploy_form(copy.deepcopy(model).cpu().float().eval())
+        net = fuse(model).to("cpu", torch.float32)  # costs are those of the deploy form
         cost = count(net, (net.in_channels, *lr_size))
         columns.append(Column(label, weights, arch, cost.params, int(cost.macs), mac_counter=MAC_COUNTER))
         nets.append(net)

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .. import __version__
 from ..cache import cache_dir
 from ..errors import ExportError, UsageError
+from ..models import fuse
 from ..models.blocks import Window
 from .info import BYTES_PER_PIXEL, ModelInfo, describe
 
@@ -73,9 +74,9 @@ def cached_export(model: nn.Module, *, fp16: bool = False, opset: int = DEFAULT_
     installed): the parity check of ``export_onnx``, which refuses to write a file that
     disagrees with PyTorch.
     """
-    from ..export import deploy_copy, export_onnx
+    from ..export import export_onnx
 
-    fused = deploy_copy(model)
+    fused = fuse(model).to("cpu", torch.float32)
     folder = Path(directory) if directory is not None else cache_dir() / "onnx"
     path = folder / f"{fused.arch}_x{fused.scale}_{model_digest(fused, opset, fp16)}{'_fp16' if fp16 else ''}.onnx"
     if not path.is_file():
