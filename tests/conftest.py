@@ -10,6 +10,17 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_runners():
+    """Each test prepares its own runners: the policy reads the environment and the installed
+    engines, which tests change (``runtime.prepare`` keeps runners across calls otherwise)."""
+    from reprfn.runtime.prepare import forget
+
+    forget()
+    yield
+    forget()
+
+
 # The default CPU path exports models to ONNX Runtime (cached under ~/.cache/reprfn); tests that
 # upscale with random-weight models would each pay an export, so the suite runs without it.
 # Tests of the default engine itself opt back in with the ``default_engine`` fixture below;

@@ -138,11 +138,12 @@ def test_train_form_and_other_archs(monkeypatch):
     assert not describe(build("imdn")).exact_tiles and describe(build("rfdn")).exact_tiles
 
 
-def test_not_accelerated_off_cpu_fp32(model):
-    for device, precision in (("cpu", "bf16"), ("cuda", "fp32")):
+def test_gpus_and_cpu_fp16_run_the_model_under_autocast(model):
+    for device, precision in (("cpu", "fp16"), ("cuda", "fp32"), ("cuda", "bf16"), ("mps", "fp16")):
         net = prepare(model, device, precision)
         assert isinstance(net.tiles, TorchEngine) and net.tiles.model is model and net.whole() is net.tiles
         assert net.tiles.precision == precision and net.device.type == device
+        assert net.tiles.channels_last == (device != "cpu")
     with pytest.raises(ValueError, match="backend"):
         prepare(model, backend="nope")
     with pytest.raises(ValueError, match="reprfn model"):
@@ -325,10 +326,12 @@ def test_engine_choice_onnxruntime_first_then_openvino(model, monkeypatch):
     monkeypatch.setenv("REPRFN_ENGINE", "openvino")
     assert prepare(model).whole_name == "openvino"
     monkeypatch.setattr(rt_prepare, "openvino_available", lambda: False)  # asked for, not installed
+    rt_prepare.forget()  # what is installed does not change within a process: runners are kept
     assert prepare(model).whole_name == "onnxruntime"
     monkeypatch.delenv("REPRFN_ENGINE")
     monkeypatch.setattr(rt_prepare, "openvino_available", lambda: True)
     monkeypatch.setattr(rt_prepare, "onnxruntime_available", lambda: False)
+    rt_prepare.forget()
     assert prepare(model).whole_name == "openvino"
     monkeypatch.setenv("REPRFN_ENGINE", "tensorrt")
     with pytest.raises(ValueError, match="REPRFN_ENGINE"):

@@ -6,6 +6,7 @@ own with MATLAB bicubic (the model only ever sees colour) and re-attached.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +21,8 @@ from .errors import ReprfnError, ResourceError, UsageError
 from .images import IMAGE_SUFFIXES, Picture, load_picture, save_picture, write_memory
 from .outputs import refuse_collisions
 from .resize import imresize_rows, output_length
-from .runtime.engines import Precision
+from .runtime.hardware import PrecisionChoice as Precision
+from .runtime.hardware import resolve_device
 from .runtime.info import describe
 from .runtime.memory import DEFAULT_PAD, auto_tile
 from .runtime.prepare import Backend, Runner, as_runner, prepare
@@ -72,20 +74,18 @@ def check_pad(pad: Any, name: str = "pad") -> int:
     return int(pad)
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for, but no CUDA device is available")
-    return device
+@functools.lru_cache(maxsize=8)
+def _bundled(scale: int, device: str) -> nn.Module:
+    """The bundled model of ``scale``, loaded once per device: ``reprfn.upscale(img)`` called again
+    reuses it (and, through ``prepare``, its opened engines)."""
+    return load_model(bundled_weights(scale), device=device)
 
 
 def resolve_model(model: ModelLike, scale: int | None, device: torch.device) -> nn.Module | Runner:
     """The bundled model for ``scale`` (None), a checkpoint path, or a model or ``Runner`` (scale checked)."""
     scale = check_scale(scale)
     if model is None:
-        return load_model(bundled_weights(scale or 4), device=device)
+        return _bundled(scale or 4, str(device))
     if isinstance(model, (str, os.PathLike)):
         return load_model(model, scale=scale, device=device)
     if scale is not None and describe(model).scale != scale:
@@ -142,7 +142,7 @@ def upscale_picture(model: nn.Module | Runner, pic: Picture, *, reserve: int = 0
 
 
 def upscale(image: Any, scale: int | None = 4, model: ModelLike = None, tile: int | str = "auto",
-            device: str | torch.device = "auto", precision: Precision = "fp32", pad: int = DEFAULT_PAD,
+            device: str | torch.device = "auto", precision: Precision = "auto", pad: int = DEFAULT_PAD,
             backend: Backend = "auto") -> Any:
     """Upscale a PIL image, a numpy array (HxW, HxWx1, HxWx3, HxWx4; uint8 or uint16) or a float
     tensor ((C, H, W) or (N, C, H, W) in [0, 1]) and return the same kind.

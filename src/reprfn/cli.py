@@ -20,6 +20,7 @@ from .errors import ReprfnError, UsageError, one_line
 from .evaluate import Bicubic, DatasetResult, evaluate_dataset, output_names
 from .files import atomic_path, check_writable
 from .models import build, names
+from .runtime.hardware import PRECISIONS
 
 EXIT_ERROR = 2
 
@@ -94,6 +95,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+PRECISION_HELP = ("auto: bf16 on CPUs with AMX, fp16 on CUDA/MPS, else fp32. bf16 runs 3-4x faster than fp32 on "
+                  "CPUs with AMX and costs about 0.01 dB (docs/performance.md); fp16 is for GPUs")
+
+
 def _device(name: str) -> torch.device:
     from .api import resolve_device
 
@@ -112,7 +117,13 @@ def _eval_model(args: argparse.Namespace) -> torch.nn.Module:
         raise UsageError(f"--tile must be a positive number of LR pixels, got {args.tile}")
     if args.weights == "bicubic" and not Path(args.weights).exists():
         return Bicubic(args.scale)
-    return _load(args).to(_device(args.device))
+    device = _device(args.device)
+    model = _load(args).to(device)
+    if args.precision == "fp32":
+        return model
+    from .runtime.prepare import prepare  # what upscale runs in that precision, to measure its cost
+
+    return prepare(model, device, args.precision)
 
 
 def _eval_table(results: list[DatasetResult]) -> str:
@@ -322,13 +333,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"reprfn serve needs the 'serve' extra ({exc.name} is missing): "
                          "pip install 'reprfn[serve]'") from None
     device = _device(args.device)
-    models = None
+    from .serve import Models
+
+    models = Models(device, precision=args.precision)
     if args.weights:  # loaded (fetched) before the server listens: a bad -w fails here, not on an upload
         from .api import resolve_model
-        from .serve import Models
 
         chosen = resolve_model(args.weights, None, device)
-        models = Models(device, loader=lambda s: chosen if s == chosen.scale else resolve_model(None, s, device))
+        models = Models(device, loader=lambda s: chosen if s == chosen.scale else resolve_model(None, s, device),
+                        precision=args.precision)
     app = create_app(device=device, max_pixels=args.max_pixels, max_queue=args.max_queue, models=models)
     sock = listen_socket(args.host, args.port)  # a port in use fails here, before "serving on"
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -397,7 +410,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="FILE.html",
                    help="write a self-contained HTML report: crops where the models differ, a "
                         "before/after slider, the scores, PSNR against params/MACs/CPU time")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="default: cuda when available")
+    p.add_argument("--device", choices=("cpu", "cuda", "mps", "auto"), default="auto",
+                   help="default: cuda, then mps, when available")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default: the protocol's exact numbers), or what upscale runs in another precision, "
+                        "to measure what it costs")
     _add_load_flags(p)
     p.set_defaults(func=cmd_eval)
 
@@ -411,8 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "default: the bundled model)")
     p.add_argument("--tile", default="auto", help="auto (from free memory), 0 (whole image) or a tile size in LR pixels")
     p.add_argument("--tile-pad", type=int, default=48, metavar="P", help="context pixels around each tile (default 48)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
+                   help="auto: cuda, then mps, then the cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
                    help="auto: the fastest path with equal outputs (CPU: ONNX Runtime for whole images when "
                         "installed, fused channels-last PyTorch kernels for tiles); "
@@ -462,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="a local web page (and HTTP API) that upscales images")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("-w", "--weights", help="checkpoint or model name (reprfn models) for its scale; "
                                            "the bundled models for the others")
     from .serve import MAX_PIXELS, MAX_QUEUE

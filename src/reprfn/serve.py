@@ -211,12 +211,14 @@ class WorkQueue:
 
 class Models:
     """The bundled model of each scale, loaded and prepared (``runtime.prepare``: the engines of
-    ``reprfn upscale``) on first use (thread-safe)."""
+    ``reprfn upscale``, in ``precision``) on first use (thread-safe)."""
 
-    def __init__(self, device=None, loader: Callable[[int], nn.Module] | None = None) -> None:
+    def __init__(self, device=None, loader: Callable[[int], nn.Module] | None = None,
+                 precision: str = "auto") -> None:
         import torch
 
         self.device = device or torch.device("cpu")
+        self.precision = precision
         self._loader = loader
         self._models: dict[int, Runner] = {}
         self._lock = threading.Lock()
@@ -227,7 +229,7 @@ class Models:
                 from .api import prepare, resolve_model
 
                 model = self._loader(scale) if self._loader is not None else resolve_model(None, scale, self.device)
-                self._models[scale] = prepare(model, self.device)
+                self._models[scale] = prepare(model, self.device, self.precision)  # type: ignore[arg-type]
             return self._models[scale]
 
 

@@ -18,19 +18,19 @@ tiles equal the whole image to float noise. ONNX Runtime and OpenVINO (``runtime
 
 from __future__ import annotations
 
+import copy
 from contextlib import nullcontext
-from typing import Literal, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UsageError
 from ..models.blocks import Window, esa_window, use_kernels
+from .hardware import AUTOCAST, Precision
 from .info import BYTES_PER_PIXEL, describe
 from .kernels import ONEDNN, fused_ops_available
 
-Precision = Literal["fp32", "bf16", "fp16"]
-AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CL = torch.channels_last
 
 
@@ -52,46 +52,62 @@ class Engine(Protocol):
 
 
 class TorchEngine:
-    """The model as it is, on ``device``, in ``precision`` (bf16/fp16 through autocast)."""
+    """The model as it is, on ``device``, in ``precision`` (bf16/fp16 through autocast).
+
+    ``channels_last``: inputs in NHWC, where cuDNN's tensor-core convs and oneDNN's bf16 convs run
+    fastest (the model's weights are not touched: convs take either layout)."""
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, device: torch.device | str = "cpu", precision: Precision = "fp32") -> None:
+    def __init__(self, model: nn.Module, device: torch.device | str = "cpu", precision: Precision = "fp32",
+                 *, channels_last: bool = False) -> None:
         if precision not in AUTOCAST:
             raise UsageError(f"unknown precision {precision!r}; use 'fp32', 'bf16' or 'fp16'")
         self.model, self.device, self.precision = model, torch.device(device), precision
+        self.channels_last = channels_last
         self.exact_tiles = describe(model).exact_tiles
         self.bytes_per_pixel = BYTES_PER_PIXEL
 
     def __call__(self, x: Tensor, window: Window | None = None) -> Tensor:
         x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=CL)
         dtype = AUTOCAST[self.precision]
         with esa_window(window), (nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)):
-            return self.model(x).float()
+            return self.model(x).float().contiguous()
 
 
 class FusedCPUEngine:
     """The deploy form, channels-last, with the oneDNN kernel set where the model allows it.
 
-    Equal to the model to float rounding (<= 1e-5 on photos). The deploy form is the model itself
-    when it has nothing to fold (weights shared), else ``model.fuse()`` (a copy). A forward that is
-    not a float32 CPU forward without autograd or autocast runs the deploy form as it is: the
-    kernel set writes in place, which autograd forbids.
+    ``precision="fp32"``: equal to the model to float rounding (<= 1e-5 on photos); the deploy form
+    is the model itself when it has nothing to fold (weights shared), else ``model.fuse()`` (a
+    copy). ``"bf16"``: a bfloat16 copy of the deploy form, run on bfloat16 activations (float32 in
+    and out): on CPUs with AVX512-BF16 or AMX, oneDNN's bf16 convs run several times faster than
+    fp32, and whole bf16 weights beat autocast, which converts the weights on every call (the
+    output differs by about 1e-3 on average, ``hardware.TOLERANCE``). A forward that is not a
+    float32 CPU forward without autograd or autocast runs the deploy form as it is: the kernel set
+    writes in place, which autograd forbids.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, precision: Precision = "fp32") -> None:
+        if precision not in ("fp32", "bf16"):
+            raise UsageError(f"the fused CPU engine runs fp32 or bf16, not {precision!r}")
         info = describe(model)
-        self.model = (model if info.form == "deploy" else model.fuse()).eval()
+        deploy = (model if info.form == "deploy" else model.fuse()).eval()
+        self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        self.model = copy.deepcopy(deploy).to(self.dtype) if self.dtype != torch.float32 else deploy
+        self.precision = precision
         self.kernels = ONEDNN if info.kernel_ops and fused_ops_available() else None
         self.exact_tiles = info.exact_tiles
         self.bytes_per_pixel = BYTES_PER_PIXEL
-        self.name = "torch-fused" if self.kernels else "torch-channels-last"
+        base = "torch-fused" if self.kernels else "torch-channels-last"
+        self.name = base if precision == "fp32" else f"{base}-bf16"
 
     def describe(self) -> str:
         """Which kernels run, in words."""
-        if self.kernels is not None:
-            return f"PyTorch, fused {self.kernels.name}"
-        return "PyTorch, channels-last eager"
+        what = f"PyTorch, fused {self.kernels.name}" if self.kernels is not None else "PyTorch, channels-last eager"
+        return what if self.precision == "fp32" else f"{what}, bf16 weights"
 
     def _plain(self, x: Tensor) -> bool:
         return (x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
@@ -101,9 +117,7 @@ class FusedCPUEngine:
     def __call__(self, x: Tensor, window: Window | None = None) -> Tensor:
         with esa_window(window):
             if self._plain(x):
-                return self.model(x)
-            x = x.contiguous(memory_format=CL)
-            if self.kernels is None:
-                return self.model(x).contiguous()
-            with use_kernels(self.kernels):
-                return self.model(x).contiguous()
+                return self.model(x.to(self.dtype)).float()
+            x = x.to(self.dtype).contiguous(memory_format=CL)
+            with use_kernels(self.kernels) if self.kernels is not None else nullcontext():
+                return self.model(x).float().contiguous()

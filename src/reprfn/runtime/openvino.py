@@ -15,13 +15,15 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..errors import ExportError
+from ..errors import ExportError, UsageError
 from ..models import fuse
 from ..models.blocks import Window
+from .hardware import TOLERANCE, Precision
 from .info import OPENVINO_BYTES_PER_PIXEL, ModelInfo
 from .onnx import cached_export
 
-TOLERANCE = 1e-4
+
+HINTS = {"fp32": "f32", "bf16": "bf16"}
 
 
 def openvino_available() -> bool:
@@ -30,20 +32,25 @@ def openvino_available() -> bool:
 
 
 class OpenVinoEngine:
-    """An ONNX file compiled for the CPU, f32, latency hint; float32 in and out. One request,
-    guarded by a lock (a request runs one inference at a time)."""
+    """An ONNX file compiled for the CPU, latency hint; float32 in and out. One request, guarded
+    by a lock (a request runs one inference at a time).
 
-    name = "openvino"
+    The inference precision is always asked for: left to itself, OpenVINO computes in bf16 on CPUs
+    with bf16 units, which is not the model's function unless ``precision="bf16"`` was chosen."""
+
     exact_tiles = False  # the ONNX graph places ESA's upsampling grid by the size it is given
     bytes_per_pixel = OPENVINO_BYTES_PER_PIXEL
 
-    def __init__(self, path: Path, info: ModelInfo, threads: int | None = None) -> None:
+    def __init__(self, path: Path, info: ModelInfo, threads: int | None = None, precision: Precision = "fp32") -> None:
         import openvino as ov
 
-        self.path, self.info = path, info
+        if precision not in HINTS:
+            raise UsageError(f"OpenVINO runs fp32 or bf16 here, not {precision!r}")
+        self.path, self.info, self.precision = path, info, precision
+        self.name = "openvino" if precision == "fp32" else f"openvino-{precision}"
         compiled = ov.Core().compile_model(str(path), "CPU", {
             "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()), "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32"})
+            "INFERENCE_PRECISION_HINT": HINTS[precision]})
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
 
@@ -55,18 +62,19 @@ class OpenVinoEngine:
 
 
 def open_openvino(model: nn.Module, info: ModelInfo, threads: int | None = None,
-                  directory: str | os.PathLike | None = None) -> OpenVinoEngine:
-    """The cached export of ``model`` compiled by OpenVINO, checked against PyTorch on a probe.
+                  directory: str | os.PathLike | None = None, precision: Precision = "fp32") -> OpenVinoEngine:
+    """The cached export of ``model`` compiled by OpenVINO in ``precision``, checked against the
+    float32 PyTorch model on a probe within ``hardware.TOLERANCE[precision]``.
 
     The probe is a photo crop (``export.image_batch``), not noise: on noise some trained models
     leave the [0, 1] range by orders of magnitude and float rounding alone exceeds any tolerance.
     """
     from ..export import image_batch
 
-    engine = OpenVinoEngine(cached_export(model, directory=directory), info, threads)
+    engine = OpenVinoEngine(cached_export(model, directory=directory), info, threads, precision)
     probe = image_batch(1, 32, 40, info.in_channels or 3)
     with torch.inference_mode():
         diff = (engine(probe) - fuse(model).to("cpu", torch.float32)(probe)).abs().max().item()
-    if not diff <= TOLERANCE:
-        raise ExportError(f"OpenVINO and PyTorch disagree by {diff:.1e}")
+    if not diff <= TOLERANCE[precision]:
+        raise ExportError(f"OpenVINO ({precision}) and PyTorch disagree by {diff:.1e}")
     return engine

@@ -5,24 +5,31 @@ The policy, in one place:
 * ``backend="torch"``: the model as it is (``TorchEngine``), any device and precision.
 * ``backend="onnxruntime"``: ONNX Runtime on the CPU for everything, opened now (a failure is an
   error); its tiles are approximate (docs/inference.md).
-* ``backend="auto"`` (the default): on the CPU in fp32, tiles through the fused PyTorch engine
-  (``FusedCPUEngine``, exact), and whole images through ONNX Runtime or OpenVINO when one is
-  installed (``REPRFN_ENGINE`` chooses, ``REPRFN_ONNX=0`` leaves both out), else through the fused
-  engine too. The whole-image engine is opened on the first whole image (an export of a few
-  seconds, then cached on disk); if that fails for any reason the fused engine takes over and
-  ``Runner.fallback`` says why. Anything else (CUDA, bf16/fp16) runs the model as it is.
+* ``backend="auto"`` (the default), by precision (``"auto"`` is made concrete first:
+  ``hardware.resolve_precision``):
+
+  | device, precision | tiles | whole images |
+  |---|---|---|
+  | CPU, fp32 | fused PyTorch (``FusedCPUEngine``, exact) | ONNX Runtime, else OpenVINO, else the same |
+  | CPU, bf16 | fused PyTorch on a bf16 copy | OpenVINO in bf16 when installed, else the same |
+  | CPU fp16, CUDA, MPS | the model under autocast (``TorchEngine``; channels-last on GPUs) | the same |
+
+  ``REPRFN_ENGINE`` chooses the fp32 whole-image engine, ``REPRFN_ONNX=0`` leaves ONNX Runtime and
+  OpenVINO out. The whole-image engine is opened on the first whole image (an export of a few
+  seconds, then cached on disk); if that fails for any reason the tiles engine takes over and
+  ``Runner.fallback`` says why.
 
 A ``Runner`` is itself an ``Engine``: called with a tile's window it runs the exact engine,
-without one the whole-image engine. It holds no per-call state besides the lazily opened engine,
-so a later cache of prepared runners (keyed by ``onnx.model_digest``, device, precision, backend)
-can sit in ``prepare`` alone; a bf16 engine or a ``--precision auto`` policy is one more row in
-``_auto_engines``.
+without one the whole-image engine. Runners are prepared once: ``prepare`` keeps them per model
+object, keyed by a digest of its weights, the device, precision and backend (and the engine
+variables), so calling ``reprfn.upscale(img, model=m)`` again reuses the opened engine.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -32,9 +39,10 @@ from torch import Tensor, nn
 
 from ..errors import UsageError, one_line
 from ..models.blocks import Window
-from .engines import Engine, FusedCPUEngine, Precision, TorchEngine
+from .engines import Engine, FusedCPUEngine, TorchEngine
+from .hardware import Precision, PrecisionChoice, resolve_precision
 from .info import BYTES_PER_PIXEL, OPENVINO_BYTES_PER_PIXEL, ModelInfo, describe
-from .onnx import onnxruntime_available, open_onnx
+from .onnx import DEFAULT_OPSET, model_digest, onnxruntime_available, open_onnx
 from .openvino import open_openvino, openvino_available
 
 Backend = Literal["auto", "torch", "onnxruntime"]
@@ -45,6 +53,9 @@ LABELS = {
     "torch": "PyTorch (the model as it is)",
     "torch-fused": "PyTorch, fused oneDNN post-ops, channels-last",
     "torch-channels-last": "PyTorch, channels-last eager",
+    "torch-fused-bf16": "PyTorch, fused oneDNN post-ops, channels-last, bf16 weights",
+    "torch-channels-last-bf16": "PyTorch, channels-last eager, bf16 weights",
+    "openvino-bf16": "OpenVINO (bf16)",
     "bicubic": "MATLAB bicubic",
 }
 
@@ -139,28 +150,57 @@ def whole_image_engine() -> str | None:
     return next((name for name, ok in installed.items() if ok), None)
 
 
-def opener(name: str, model: nn.Module, info: ModelInfo) -> Opener:
+def opener(name: str, model: nn.Module, info: ModelInfo, precision: Precision = "fp32") -> Opener:
     """How to open the whole-image engine ``name`` ("onnxruntime" or "openvino") for ``model``."""
     if name == "onnxruntime":
         return Opener(name, BYTES_PER_PIXEL, lambda: open_onnx(model))
     if name == "openvino":
-        return Opener(name, OPENVINO_BYTES_PER_PIXEL, lambda: open_openvino(model, info))
+        label = name if precision == "fp32" else f"{name}-{precision}"
+        return Opener(label, OPENVINO_BYTES_PER_PIXEL, lambda: open_openvino(model, info, precision=precision))
     raise UsageError(f"unknown engine {name!r}; use 'openvino' or 'onnxruntime'")
 
 
 def _auto_engines(model: nn.Module, info: ModelInfo, device: torch.device,
                   precision: Precision) -> tuple[Engine, Opener | None]:
-    """(tiles engine, whole-image engine to open) of ``backend="auto"``."""
-    if device.type != "cpu" or precision != "fp32":
-        return TorchEngine(model, device, precision), None
+    """(tiles engine, whole-image engine to open) of ``backend="auto"``: the table of the module doc."""
+    if device.type != "cpu" or precision == "fp16":
+        return TorchEngine(model, device, precision, channels_last=device.type != "cpu"), None
+    outside = os.environ.get("REPRFN_ONNX", "1") != "0"
+    if precision == "bf16":
+        bf16_openvino = outside and openvino_available() and os.environ.get("REPRFN_ENGINE", "openvino") == "openvino"
+        return FusedCPUEngine(model, "bf16"), opener("openvino", model, info, "bf16") if bf16_openvino else None
     name = whole_image_engine()
-    use_onnx = os.environ.get("REPRFN_ONNX", "1") != "0" and name is not None
-    return FusedCPUEngine(model), opener(name, model, info) if use_onnx else None
+    return FusedCPUEngine(model), opener(name, model, info) if outside and name is not None else None
 
 
-def prepare(model: Model | Runner, device: torch.device | str = "cpu", precision: Precision = "fp32",
+PREPARED_MODELS = 8  # models whose runners are kept (a runner holds its model and engines)
+_PREPARED: OrderedDict[int, tuple[nn.Module, dict[tuple, Runner]]] = OrderedDict()
+_PREPARED_LOCK = threading.Lock()
+
+
+def _prepared(model: nn.Module, key: tuple, make: Callable[[], Runner]) -> Runner:
+    """The runner of ``model`` for ``key`` (device, precision, backend, engine variables), made
+    once per weights digest: changed weights make a new one. The runners of the last
+    ``PREPARED_MODELS`` models are kept (least recently used first out); the model is held with
+    them, so its ``id`` stays its own while it is in the cache."""
+    digest = model_digest(model, DEFAULT_OPSET, False)
+    with _PREPARED_LOCK:
+        _, runners = _PREPARED.pop(id(model), (model, {}))
+        _PREPARED[id(model)] = (model, runners)
+        while len(_PREPARED) > PREPARED_MODELS:
+            _PREPARED.popitem(last=False)
+        runner = runners.get((digest, *key))
+        if runner is None:
+            for stale in [k for k in runners if k[0] != digest]:
+                del runners[stale]
+            runner = runners[(digest, *key)] = make()
+        return runner
+
+
+def prepare(model: Model | Runner, device: torch.device | str = "cpu", precision: PrecisionChoice = "fp32",
             backend: Backend = "auto") -> Runner:
-    """How ``model`` runs on ``device`` in ``precision`` with ``backend`` (module doc).
+    """How ``model`` runs on ``device`` in ``precision`` with ``backend`` (module doc); prepared
+    once per model object and weights (a second call with the same arguments is a lookup).
 
     ``model``: a torch model, a ``Runner`` (returned as it is: it was prepared already), or an
     engine that carries its ``info`` (an ``OnnxEngine``, the bicubic baseline: run as it is).
@@ -170,14 +210,27 @@ def prepare(model: Model | Runner, device: torch.device | str = "cpu", precision
     if backend not in ("auto", "torch", "onnxruntime"):
         raise UsageError(f"unknown backend {backend!r}; use 'auto', 'torch' or 'onnxruntime'")
     device = torch.device(device)
+    concrete = resolve_precision(precision, device)
     if not isinstance(model, nn.Module) and isinstance(model, Engine):
         return Runner(describe(model), model, device=device)
+    if backend == "onnxruntime" and device.type != "cpu":
+        raise UsageError("the onnxruntime backend runs on the CPU: use device='cpu'")
+    describe(model)  # refuses what is not a model before anything is hashed or kept
+    key = (str(device), concrete, backend, os.environ.get("REPRFN_ENGINE", ""), os.environ.get("REPRFN_ONNX", ""))
+    return _prepared(model, key, lambda: _make_runner(model, device, concrete, backend))
+
+
+def forget() -> None:
+    """Drop every prepared runner (and the models and engines they hold)."""
+    with _PREPARED_LOCK:
+        _PREPARED.clear()
+
+
+def _make_runner(model: nn.Module, device: torch.device, precision: Precision, backend: Backend) -> Runner:
     info = describe(model)
     if backend == "torch":
         return Runner(info, TorchEngine(model, device, precision), device=device)
     if backend == "onnxruntime":
-        if device.type != "cpu":
-            raise UsageError("the onnxruntime backend runs on the CPU: use device='cpu'")
         return Runner(info, open_onnx(model), device=device)
     tiles, whole = _auto_engines(model, info, device, precision)
     return Runner(info, tiles, whole, device=device)
@@ -194,7 +247,7 @@ def model_device(model: Model | Runner) -> torch.device:
 
 
 def as_runner(model: Model | Runner, device: torch.device | str | None = None,
-              precision: Precision = "fp32") -> Runner:
+              precision: PrecisionChoice = "fp32") -> Runner:
     """A ``Runner`` as it is; anything else run as it is (``backend="torch"``) on ``device``
     (default: where its weights are): a bare model passed to ``run`` stays a bare model."""
     if isinstance(model, Runner):

@@ -42,7 +42,7 @@ from torch import Tensor
 from ..errors import ResourceError, UsageError
 from ..images import check_finite
 from ..models.blocks import Window
-from .engines import Precision
+from .hardware import PrecisionChoice as Precision
 from .memory import DEFAULT_PAD, check_memory, round_up, whole
 from .prepare import Model, Runner, as_runner
 
