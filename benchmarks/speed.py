@@ -35,7 +35,9 @@ from reprfn.export import sample_image
 from reprfn.images import read_image, to_tensor
 from reprfn.models import build, set_mode
 from reprfn.profile import count, peak_memory_mb
-from reprfn.runtime.engines import FusedCPUEngine
+from reprfn.metrics import psnr
+from reprfn.runtime import hardware
+from reprfn.runtime.engines import FusedCPUEngine, TorchEngine
 from reprfn.runtime.info import describe
 from reprfn.runtime.kernels import fused_ops_available
 from reprfn.runtime.onnx import (
@@ -142,6 +144,18 @@ def variants(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) 
         out["TorchScript freeze + optimize_for_inference"] = (jit_frozen(model, x), "same")
     except Exception as exc:  # noqa: BLE001 - report and go on
         print(f"  (TorchScript freeze failed: {type(exc).__name__}: {str(exc)[:100]})")
+    # bf16: not the same function (8-bit mantissas), reported with its difference and dPSNR
+    out["bf16: fused oneDNN post-ops on a bf16 copy, channels-last"] = (FusedCPUEngine(model, "bf16"), "bf16")
+    out["bf16: autocast, channels-last"] = (TorchEngine(model, "cpu", "bf16", channels_last=True), "bf16")
+    if openvino_available():
+        path = cached_export(model, directory=tempfile.mkdtemp(prefix="reprfn-speed-"), check=False)
+        out["bf16: OpenVINO (INFERENCE_PRECISION_HINT bf16)"] = (OpenVinoEngine(path, describe(model), threads, "bf16"),
+                                                                 "bf16")
+    auto = hardware.resolve_precision("auto", torch.device("cpu"))
+    out[f"**reprfn.upscale(tensor, model=m)**, default precision (auto: {auto})"] = (
+        lambda t: reprfn.upscale(t, model=model, tile=0, device="cpu"), "same" if auto == "fp32" else "bf16")
+    out["reprfn.upscale(tensor, model=m, precision='fp32')"] = (
+        lambda t: reprfn.upscale(t, model=model, tile=0, device="cpu", precision="fp32"), "same")
     if args.compile:
         fn, secs = compiled(model, x)
         out[f"torch.compile inductor + freezing (built in {secs:.0f} s)"] = (fn, "same")
@@ -169,6 +183,34 @@ def time_all(fns: dict[str, tuple[Callable, str]], x: torch.Tensor, rounds: int)
     return times
 
 
+BENCH = ROOT.parent / "shared" / "data" / "benchmark"
+DPSNR_SETS = ("Set5", "Set14")
+
+
+def mean_psnr_y(fn: Callable[[torch.Tensor], torch.Tensor], folder: Path) -> float:
+    """Mean Y-PSNR (border 4) of ``fn`` on a benchmark folder's x4 HR/LR pairs (the protocol's numbers)."""
+    scores = []
+    for hr_path in sorted((folder / "HR").iterdir()):
+        hr, lr = read_image(hr_path), read_image(folder / "LR" / hr_path.name)
+        x = to_tensor(lr if lr.ndim == 3 else lr[..., None].repeat(3, 2))
+        with torch.inference_mode():
+            sr = fn(x).clamp(0, 1).mul(255).round().byte()[0].permute(1, 2, 0).numpy()
+        ref = hr if hr.ndim == 3 else hr[..., None].repeat(3, 2)
+        scores.append(psnr(sr, ref, crop_border=4, test_y_channel=True))
+    return sum(scores) / len(scores)
+
+
+def dpsnr(fns: dict[str, tuple[Callable, str]]) -> dict[str, tuple[float, ...]]:
+    """dPSNR (dB) on Set5 and Set14 x4 of every variant that computes the baseline's function,
+    exactly (``same``) or in bf16: what a precision costs, measured the protocol's way."""
+    folders = [BENCH / name / "x4" for name in DPSNR_SETS]
+    if not all(f.is_dir() for f in folders):
+        return {}
+    base = [mean_psnr_y(fns[BASELINE][0], f) for f in folders]
+    return {name: tuple(mean_psnr_y(fn, f) - b for f, b in zip(folders, base, strict=True))
+            for name, (fn, kind) in fns.items() if kind in ("same", "bf16") and name != BASELINE}
+
+
 def run_size(model, h: int, w: int, args) -> dict:
     x = photo(h, w)
     fns = variants(model, x, args)
@@ -176,10 +218,11 @@ def run_size(model, h: int, w: int, args) -> dict:
         ref = model(x)
         diffs = {}
         for name, (fn, kind) in fns.items():
-            if kind == "same":
+            if kind in ("same", "bf16"):
                 y = fn(x)
                 diffs[name] = ((y - ref).abs().max().item(),
                                (y.clamp(0, 1).mul(255).round() - ref.clamp(0, 1).mul(255).round()).abs().max().item())
+    losses = dpsnr(fns) if args.dpsnr else {}
     rates = conv_rate(h, w, args.rounds)
     times = time_all(fns, x, args.rounds)
     base = times[BASELINE]
@@ -196,7 +239,8 @@ def run_size(model, h: int, w: int, args) -> dict:
         rows.append({"variant": name, "ms": ms, "min_ms": min(ts) * 1000, "speedup": ratio,
                      "gflops": gflops, "of_conv_nchw": gflops / rates["nchw"],
                      "of_conv_cl": gflops / rates["channels_last"],
-                     "max_abs_diff": diffs.get(name, (None, None))[0], "max_levels": diffs.get(name, (None, None))[1]})
+                     "max_abs_diff": diffs.get(name, (None, None))[0], "max_levels": diffs.get(name, (None, None))[1],
+                     "dpsnr": losses.get(name)})
     return {"size": f"3x{h}x{w}", "conv_gflops": rates, "rows": rows, "rounds": args.rounds}
 
 
@@ -215,13 +259,15 @@ def memory(args) -> list[dict]:
 
 
 def table(res: dict) -> str:
-    lines = ["| variant | ms | speed-up vs baseline | GFLOP/s | of NCHW conv | of channels-last conv | max abs diff | 8-bit levels |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | ms | speed-up vs baseline | GFLOP/s | of NCHW conv | of channels-last conv | max abs diff "
+             "| 8-bit levels | dPSNR Set5 / Set14 (dB) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         diff = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "(other model)"
         lev = f"{r['max_levels']:.0f}" if r["max_levels"] is not None else ""
+        loss = " / ".join(f"{d:+.3f}" for d in r["dpsnr"]) if r.get("dpsnr") else ""
         lines.append(f"| {r['variant']} | {r['ms']:.0f} | {r['speedup']:.2f}x | {r['gflops']:.0f} | "
-                     f"{r['of_conv_nchw']:.0%} | {r['of_conv_cl']:.0%} | {diff} | {lev} |")
+                     f"{r['of_conv_nchw']:.0%} | {r['of_conv_cl']:.0%} | {diff} | {lev} | {loss} |")
     return "\n".join(lines)
 
 
@@ -289,7 +335,9 @@ def write_docs(results: list[dict], mem: list[dict], args) -> None:
              f"`python benchmarks/speed.py --write-docs` — one run, {args.rounds} interleaved rounds, "
              f"{threads} threads, weights: {args.weights_name}. Speed-up = median over rounds of "
              "baseline time / variant time in the same round. GFLOP/s = 2 x the counter's conv MACs "
-             "per second; the plain 48-channel 3x3 conv at the same size is the machine's reference.", ""]
+             "per second; the plain 48-channel 3x3 conv at the same size is the machine's reference. "
+             "CPU flags: " + (" ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_fp16")
+                                      if f in hardware.cpu_flags()) or "(not read)") + ".", ""]
     for res in results:
         rates = res["conv_gflops"]
         parts += [f"**{res['size']}** (plain 3x3 conv, 48 channels: {rates['nchw']:.0f} GFLOP/s NCHW, "
@@ -324,6 +372,7 @@ def main() -> None:
                     help="also time ONNX Runtime with spinning idle threads (they keep spinning into the next variant's turn)")
     ap.add_argument("--memory-size", default="540x960", help="HxW of the peak-memory forward ('0' skips it)")
     ap.add_argument("--skip", default="", help="comma-separated substrings of variant names to leave out")
+    ap.add_argument("--dpsnr", action="store_true", help="also measure dPSNR on Set5/Set14 x4 (../shared)")
     ap.add_argument("--write-docs", action="store_true", help="regenerate docs/performance.md's section and plot")
     args = ap.parse_args()
     if args.threads:
@@ -336,6 +385,8 @@ def main() -> None:
     args.train_model = build("reprfn", scale=4).eval()
     args.rfdn = (reprfn.load_model(OFFICIAL_RFDN) if OFFICIAL_RFDN.is_file() else build("rfdn")).eval()
     args.imdn = build("imdn").eval()
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16", "amx_int8")
+    print("CPU flags (of " + ", ".join(wanted) + "): " + " ".join(f for f in wanted if f in hardware.cpu_flags()))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, weights: {args.weights_name}; "
           f"fused oneDNN ops: {fused_ops_available()}, NNPACK: {winograd_available()}")
     results = []
@@ -346,11 +397,13 @@ def main() -> None:
         rates = res["conv_gflops"]
         print(f"\n3x{h}x{w}: plain 48-ch 3x3 conv {rates['nchw']:.0f} GFLOP/s NCHW, "
               f"{rates['channels_last']:.0f} GFLOP/s channels-last")
-        print(f"  {'variant':<52} {'ms':>7} {'speed-up':>8} {'GFLOP/s':>7} {'of conv':>7} {'max|diff|':>9}")
+        print(f"  {'variant':<62} {'ms':>7} {'speed-up':>8} {'GFLOP/s':>7} {'of conv':>7} {'max|diff|':>9} "
+              f"{'dPSNR ' + '/'.join(DPSNR_SETS):>16}")
         for r in res["rows"]:
             diff = f"{r['max_abs_diff']:.1e}" if r["max_abs_diff"] is not None else "-"
-            print(f"  {r['variant'].replace('**', ''):<52} {r['ms']:7.0f} {r['speedup']:7.2f}x {r['gflops']:7.0f} "
-                  f"{r['of_conv_nchw']:7.0%} {diff:>9}")
+            loss = "/".join(f"{d:+.3f}" for d in r["dpsnr"]) if r.get("dpsnr") else "-"
+            print(f"  {r['variant'].replace('**', ''):<62} {r['ms']:7.0f} {r['speedup']:7.2f}x {r['gflops']:7.0f} "
+                  f"{r['of_conv_nchw']:7.0%} {diff:>9} {loss:>16}")
     mem: list[dict] = []
     if args.memory_size != "0":
         args.memory_size = tuple(map(int, args.memory_size.split("x")))
