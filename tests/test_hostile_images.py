@@ -124,7 +124,7 @@ def _decode_tiff(path: Path) -> tuple[np.ndarray, int]:
             tags[tag] = struct.unpack(order + ("H" if kind == 3 else "I") * count, raw[:size * count])
     w, h, c = tags[256][0], tags[257][0], tags[277][0]
     bits = tags[258][0]
-    strips = [data[o:o + s] for o, s in zip(tags[273], tags[279])]
+    strips = [data[o:o + s] for o, s in zip(tags[273], tags[279], strict=True)]
     if tags[259][0] == 8:
         strips = [zlib.decompress(s) for s in strips]
     dtype = np.dtype(np.uint16 if bits == 16 else np.uint8).newbyteorder(order)
@@ -538,7 +538,8 @@ def test_non_finite_output_through_the_cli_and_every_api(tmp_path, photo, model,
     out = tmp_path / "out"
     assert cli.main(["upscale", "-i", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--quiet"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert [line.split(": the model")[0] for line in lines] == [f"reprfn: error: {tmp_path / n}" for n in ("a.png", "b.png")]
+    expected = [f"reprfn: error: {tmp_path / n}" for n in ("a.png", "b.png")]
+    assert [line.split(": the model")[0] for line in lines] == expected
     assert not out.exists() or list(out.iterdir()) == []
     for image in (photo, photo[..., 0], Image.fromarray(photo), np.dstack([photo, photo[..., 0]])):
         with pytest.raises(ReprfnError, match="non-finite"):

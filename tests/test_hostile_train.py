@@ -115,7 +115,8 @@ def test_cli_refuses_a_bad_value_before_the_run_folder(tmp_path, photos, capsys)
 
 
 @pytest.mark.parametrize("extra, error, message", [
-    (["train.patch_size=16"], ConfigError, "config train.patch_size: expected LR patches large enough for reprfn, got 16"),
+    (["train.patch_size=16"], ConfigError,
+     "config train.patch_size: expected LR patches large enough for reprfn, got 16"),
     (["model.name=imdn"], ConfigError, "config model: imdn with channels=8"),
     (["model.init=missing.safetensors"], ConfigError, "config model.init: missing.safetensors: no such file"),
     (["data.train_lr=nowhere"], DataError, "no LR image with the same name in nowhere"),
@@ -310,7 +311,7 @@ def test_cache_is_read_and_invalidated_by_content(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(data_mod, "_decode_pair", no_decoding)
         second = decode_training_set(hr_dir, 2, cache_dir=cache)
-    assert all(np.array_equal(a.hr, b.hr) and np.array_equal(a.lr, b.lr) for a, b in zip(first, second))
+    assert all(np.array_equal(a.hr, b.hr) and np.array_equal(a.lr, b.lr) for a, b in zip(first, second, strict=True))
 
     # another picture, same size, same modification time: the cache must not serve the old one
     path = hr_dir / "p0.bmp"

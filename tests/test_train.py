@@ -193,7 +193,8 @@ def test_two_processes_match_one(tmp_path, photos):
               "--set", "train.patch_size=32", "--set", "model.channels=8", "--set", "model.blocks=1",
               "--set", "train.iters=3", "--set", "train.threads=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env)
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True, text=True,
+                         env=env)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_port", str(29500 + os.getpid() % 1000), *common, "--out", str(tmp_path / "two")],

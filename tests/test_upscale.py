@@ -107,12 +107,14 @@ def test_cli_folder_keeps_kinds_and_names(folder, tmp_path):
 def test_cli_alpha_and_16_bit(tmp_path, photo):
     rgba = np.dstack([photo, np.full(photo.shape[:2], 200, np.uint8)])
     Image.fromarray(rgba).save(tmp_path / "alpha.png")
-    assert main(["upscale", "-i", str(tmp_path / "alpha.png"), "-o", str(tmp_path / "o.png"), "-s", "2", "--quiet"]) == 0
+    assert main(["upscale", "-i", str(tmp_path / "alpha.png"), "-o", str(tmp_path / "o.png"), "-s", "2",
+                 "--quiet"]) == 0
     out = load_picture(tmp_path / "o.png")
     assert out.alpha is not None and (out.alpha == 200).all()
     sixteen = Image.fromarray(photo[..., 0].astype(np.uint16) * 257)
     sixteen.save(tmp_path / "g16.png")
-    assert main(["upscale", "-i", str(tmp_path / "g16.png"), "-o", str(tmp_path / "g16_x2.png"), "-s", "2", "--quiet"]) == 0
+    assert main(["upscale", "-i", str(tmp_path / "g16.png"), "-o", str(tmp_path / "g16_x2.png"), "-s", "2",
+                 "--quiet"]) == 0
     assert load_picture(tmp_path / "g16_x2.png").pixels.dtype == np.uint16
 
 

@@ -13,19 +13,20 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from . import __version__
+from .errors import CheckpointError, UsageError, one_line
 from .files import atomic_path
+from .hub import resolve_weights
 from .models import SRModel, build, names
 from .models.rep import EDGE_KERNELS
-from .errors import CheckpointError, UsageError, one_line
-from .hub import resolve_weights
 
 FORMAT = "reprfn"
 WRAPPER_KEYS = ("params_ema", "params", "ema", "state_dict", "model")  # first found wins

@@ -17,9 +17,10 @@ import copy
 import math
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import yaml
 
@@ -315,7 +316,8 @@ def _check_together(cfg: Config) -> None:
     if t.patch_size % scale:
         raise ConfigError(f"config train.patch_size: expected a multiple of model.scale ({scale}), got {t.patch_size}")
     if t.lr_schedule == "cosine" and t.lr_min > t.lr:
-        raise ConfigError(f"config train.lr_min: expected at most train.lr ({t.lr:g}) for the cosine schedule, got {t.lr_min:g}")
+        raise ConfigError(f"config train.lr_min: expected at most train.lr ({t.lr:g}) for the cosine schedule, "
+                          f"got {t.lr_min:g}")
 
 
 DEFAULTS: dict[str, Any] = Config().to_dict()

@@ -368,12 +368,14 @@ def format_report(r: dict[str, Any]) -> str:
         "  not counted by that counter (ops, elements):",
     ]
     for name, v in r["uncounted"].items():
-        lines.append(f"    {name:<14}{_si(v['ops']):>10}  {_si(v['elements']):>10}  ({v['calls']} call{'s' if v['calls'] != 1 else ''})")
+        calls = f"{v['calls']} call{'s' if v['calls'] != 1 else ''}"
+        lines.append(f"    {name:<14}{_si(v['ops']):>10}  {_si(v['elements']):>10}  ({calls})")
     lines.append(f"    {'total':<14}{_si(r['uncounted_ops']):>10}")
     if r.get("peak_memory_mb") is not None:
         mem = r.get("memory", {})
         how = "fresh-process RSS growth" if r["device"] == "cpu" else "max_memory_allocated"
-        extra = f"; model + input + runtime before it: {mem['process_before_mb']:.0f} MB" if "process_before_mb" in mem else ""
+        extra = (f"; model + input + runtime before it: {mem['process_before_mb']:.0f} MB"
+                 if "process_before_mb" in mem else "")
         lines.append(f"  peak memory   {r['peak_memory_mb']:.1f} MB of one forward ({how}{extra})")
     if r.get("runtime_ms") is not None:
         rt = r["runtime"]

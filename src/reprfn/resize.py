@@ -24,6 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+
 from .errors import UsageError
 
 KERNEL_WIDTH = 4.0

@@ -18,9 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..errors import UsageError
 from .blocks import ESA, SRModel, add_, conv, conv_act, conv_add, lrelu, pixelshuffle_block
 from .rep import ConvLReLU, Mode, RepBlock
-from ..errors import UsageError
 
 
 class RepRFB(nn.Module):
