@@ -18,7 +18,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import reprfn.data as data_mod
-import reprfn.train as train_mod
 from reprfn import save_model
 from reprfn.cli import main
 from reprfn.config import DEFAULTS, load_config, merge, parse_config
@@ -27,7 +26,7 @@ from reprfn.errors import ConfigError, DataError, TrainingError
 from reprfn.models import build
 from reprfn.resize import imresize
 from reprfn.train import train
-from tests.helpers import randomize
+from tests.helpers import loss_goes_wrong_at, randomize
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -224,23 +223,14 @@ class Killed(Exception):
 
 
 def test_log_has_one_row_per_iteration_after_an_interrupted_run(tmp_path, photos, monkeypatch):
-    real = train_mod.WeightedLoss
-
-    class Crashing(real):
-        calls = 0
-
-        def forward(self, sr, hr):
-            Crashing.calls += 1
-            if Crashing.calls == 5:
-                raise Killed  # killed at iteration 5: rows 1-4 logged, checkpoint at 3
-            return super().forward(sr, hr)
+    def killed(loss: torch.Tensor) -> torch.Tensor:
+        raise Killed  # killed at iteration 5: rows 1-4 logged, checkpoint at 3
 
     run = tmp_path / "run"
-    monkeypatch.setattr(train_mod, "WeightedLoss", Crashing)
-    with pytest.raises(Killed):
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        loss_goes_wrong_at(m, 5, killed)
         train(load_config(SMOKE, tiny(photos, "train.iters=6")), run, progress=False)
     assert _iterations(run) == [1, 2, 3, 4]
-    monkeypatch.setattr(train_mod, "WeightedLoss", real)
     train(load_config(SMOKE, tiny(photos, "train.iters=6")), run, resume="auto", progress=False)
     assert _iterations(run) == [1, 2, 3, 4, 5, 6]
 
