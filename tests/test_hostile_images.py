@@ -20,6 +20,7 @@ import reprfn
 from reprfn import cli
 from reprfn.api import upscale_alpha, upscale_file
 from reprfn.checkpoint import bundled_weights
+from reprfn.cli import commands as cli_commands
 from reprfn.errors import ImageError, ReprfnError, ResourceError
 from reprfn.images import Picture, save_picture, to_uint8, write_png
 from reprfn.resize import imresize, imresize_rows
@@ -492,7 +493,7 @@ def test_allocation_failures_are_one_line_not_allocator_text(tmp_path, photo, mo
             raise failure
 
     Image.fromarray(photo).save(tmp_path / "p.png")
-    monkeypatch.setattr(cli, "_upscale_model", lambda args, device: Failing(4))
+    monkeypatch.setattr(cli_commands, "_upscale_model", lambda args, device: Failing(4))
     code = cli.main(["upscale", "-i", str(tmp_path / "p.png"), "-o", str(tmp_path / "o.png")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
@@ -534,7 +535,7 @@ def test_non_finite_output_through_the_cli_and_every_api(tmp_path, photo, model,
     Image.fromarray(photo).save(tmp_path / "a.png")
     Image.fromarray(photo[::-1]).save(tmp_path / "b.png")
     poisoned = Poisoned(model, float("nan"), (3, 3))
-    monkeypatch.setattr(cli, "_upscale_model", lambda args, device: poisoned)
+    monkeypatch.setattr(cli_commands, "_upscale_model", lambda args, device: poisoned)
     out = tmp_path / "out"
     assert cli.main(["upscale", "-i", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--quiet"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
