@@ -22,10 +22,11 @@ from reprfn import save_model
 from reprfn.cli import main
 from reprfn.config import DEFAULTS, load_config, merge, parse_config
 from reprfn.data import decode_training_set
-from reprfn.errors import ConfigError, DataError, TrainingError
+from reprfn.errors import CheckpointError, ConfigError, DataError, TrainingError
 from reprfn.models import build
 from reprfn.resize import imresize
 from reprfn.train import train
+from reprfn.training.state import load_weights
 from tests.helpers import loss_goes_wrong_at, randomize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,6 +209,17 @@ def test_a_resume_that_would_ignore_the_config_is_refused(finished, tmp_path, ph
     with pytest.raises(TrainingError, match=message):
         train(load_config(SMOKE, tiny(photos, *extra)), run, resume="auto", progress=False)
     assert (run / "config.yaml").read_text().endswith("# not rewritten\n")
+
+
+def test_resumed_weights_with_a_missing_tensor_are_one_line(tmp_path):
+    """Same shapes, one key fewer (another architecture's layout): named, not torch's key list."""
+    model = build("reprfn", scale=2, channels=8, blocks=1)
+    weights = model.state_dict()
+    del weights["fea_conv.bias"]
+    with pytest.raises(CheckpointError) as info:
+        load_weights(model, weights, tmp_path / "last.ckpt")
+    assert str(info.value) == (f"{tmp_path / 'last.ckpt'}: does not match a reprfn model: 1 missing keys "
+                               "(e.g. fea_conv.bias) (a run with other model.* settings)")
 
 
 # --------------------------------------------------------------------------------- 3. log rows

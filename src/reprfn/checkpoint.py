@@ -129,8 +129,10 @@ def fold_data_range(model: SRModel, data_range: float) -> SRModel:
     if data_range != 1.0:
         with torch.no_grad():
             model.first_conv().weight.mul_(data_range)
-            model.last_conv().weight.div_(data_range)
-            model.last_conv().bias.div_(data_range)
+            last = model.last_conv()
+            last.weight.div_(data_range)
+            if last.bias is not None:
+                last.bias.div_(data_range)
     return model
 
 
@@ -219,7 +221,7 @@ def metadata_for(model: SRModel, data_range: float = 1.0) -> dict[str, str]:
 
 
 def save_model(model: SRModel, path: str | os.PathLike, *, data_range: float = 1.0,
-               extra: Mapping[str, str] | None = None) -> Path:
+               extra: Mapping[str, object] | None = None) -> Path:
     """Write ``model`` as safetensors with metadata, atomically (temporary file, then rename)."""
     from safetensors.torch import save_file
 

@@ -20,12 +20,15 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .errors import ConfigError
 from .losses import loss_weights
+
+if TYPE_CHECKING:
+    from .models.rep import Mode
 
 SCALES = (2, 3, 4)
 
@@ -189,7 +192,7 @@ class ModelConfig:
     channels: int = field(default=48, metadata=_checked(integer(1)))
     blocks: int = field(default=4, metadata=_checked(integer(1)))
     in_channels: int = field(default=3, metadata=_checked(choice(1, 3)))
-    mode: str = field(default="online", metadata=_checked(choice("online", "branches")))
+    mode: Mode = field(default="online", metadata=_checked(choice("online", "branches")))
     init: str | None = field(default=None, metadata=_checked(path(optional=True)))
 
 
@@ -301,11 +304,10 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     for key in raw:
         if key not in ("seed", "loss", *SECTIONS):
             raise ConfigError(f"unknown config key {key!r}")
-    cfg = Config(
-        seed=_value("seed", SEED, raw.get("seed", 0)),
-        **{name: _section(cls, raw.get(name), name) for name, cls in SECTIONS.items()},
-        **({"loss": _loss(raw["loss"])} if "loss" in raw else {}),
-    )
+    fields: dict[str, Any] = {name: _section(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
+    if "loss" in raw:
+        fields["loss"] = _loss(raw["loss"])
+    cfg = Config(seed=_value("seed", SEED, raw.get("seed", 0)), **fields)
     _check_together(cfg)
     return cfg
 

@@ -131,7 +131,8 @@ def _lr_partner(hr_path: Path, lr_dir: Path) -> Path:
     raise DataError(f"{hr_path}: no LR image with the same name in {lr_dir}")
 
 
-def _cached(path: Path, scale: int, lr_path: Path | None, channels: int, cache_dir) -> Pair:
+def _cached(path: Path, scale: int, lr_path: Path | None, channels: int,
+            cache_dir: str | os.PathLike | None) -> Pair:
     """The pair from the cache when it holds one for this content, else decoded (and cached)."""
     try:
         if cache_dir is None or lr_path is not None:

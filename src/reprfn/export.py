@@ -19,10 +19,11 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from .checkpoint import metadata_for
 from .errors import ExportError, UsageError
 from .exporters import INPUT_NAME, OUTPUT_NAME, torch_onnx_export
 from .files import atomic_path
-from .models import fuse
+from .models import SRModel, fuse
 from .runtime.onnx import DEFAULT_OPSET, INSTALL_HINT, OnnxEngine, import_ort
 
 MIN_OPSET = 11  # first opset whose Resize matches PyTorch's bilinear; 9-10 give outputs 0.02 off (measured)
@@ -71,7 +72,7 @@ class ExportReport:
 # ----------------------------------------------------------------------------------------------
 
 
-def _import_onnx() -> Any:
+def _import_onnx() -> ModuleType:
     try:
         import onnx
     except ImportError:
@@ -155,7 +156,7 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def onnx_metadata(model: nn.Module, fp16: bool) -> dict[str, str]:
+def onnx_metadata(model: SRModel, fp16: bool) -> dict[str, str]:
     """The ``metadata_props`` written into the ONNX file (all values strings)."""
     meta = metadata_for(model)  # arch, scale, in_channels, channels, blocks, form, ..., format, version
     meta.update(
@@ -171,7 +172,7 @@ def onnx_metadata(model: nn.Module, fp16: bool) -> dict[str, str]:
 
 
 def export_onnx(
-    model: nn.Module,
+    model: SRModel,
     path: str | os.PathLike,
     *,
     opset: int = DEFAULT_OPSET,
@@ -222,8 +223,8 @@ def export_onnx(
 
 
 def parity(
-    candidate: Any,
-    reference: nn.Module,
+    candidate: Callable[[Tensor], Tensor],
+    reference: SRModel,
     shapes: Sequence[tuple[int, int, int]] = CHECK_SHAPES,
 ) -> tuple[float, list[tuple[int, ...]]]:
     """Max |candidate(x) - reference(x)| over crops of the sample photo, and the shapes used.
@@ -299,7 +300,7 @@ def verify_standalone(path: str | os.PathLike, *, size: tuple[int, int] = (23, 1
 # ----------------------------------------------------------------------------------------------
 
 
-def export_torchscript(model: nn.Module, path: str | os.PathLike, *, check: bool = True) -> Path:
+def export_torchscript(model: SRModel, path: str | os.PathLike, *, check: bool = True) -> Path:
     """Trace the fused model (float32, CPU) and save it with ``torch.jit.save``, atomically.
 
     Tracing keeps the input size dynamic (the ESA resize target is recorded as ``x.shape``, not a

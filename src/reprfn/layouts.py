@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +64,7 @@ def _count(sd: Mapping[str, Tensor], pattern: str) -> int:
 
 
 # The authors' RepRFN names -> ours. Order matters: specific rules first.
-_AUTHORS_RULES = [
+_AUTHORS_RULES: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
     (r"^reprfb(\d+)\.", lambda m: f"blocks.{int(m.group(1)) - 1}."),
     (r"\.repblock(\d+)\.", lambda m: f".rep.{int(m.group(1)) - 1}."),
     (r"\.rbr_reparam\.", ".conv."),

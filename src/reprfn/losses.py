@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Mapping
+from functools import reduce
 
 import torch
 import torch.nn.functional as F
@@ -65,4 +67,4 @@ class WeightedLoss(nn.Module):
 
     def forward(self, sr: Tensor, hr: Tensor) -> Tensor:
         sr = sr.float()
-        return sum(w * LOSSES[name](sr, hr) for name, w in self.weights.items())
+        return reduce(operator.add, (w * LOSSES[name](sr, hr) for name, w in self.weights.items()))

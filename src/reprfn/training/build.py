@@ -136,7 +136,7 @@ def make_state(cfg: Config, device: torch.device) -> TrainState:
     model = build_model(cfg).to(device)
     check_patch(model, cfg, device)
     if use_channels_last(t, device):
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stubs
     ema = make_ema(model, t.ema) if t.ema else None
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=t.betas, eps=t.eps)
     return TrainState(model, ema, optimizer, make_scheduler(optimizer, t))
