@@ -294,8 +294,10 @@ def train(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike, *, resume
             maybe_checkpoint(run, state)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{state.loss:.4f}", lr=f"{state.lr:.2e}",
-                                **({"val": f"{row['val_psnr_y']:.2f}"} if "val_psnr_y" in row else {}))
+                postfix = {"loss": f"{state.loss:.4f}", "lr": f"{state.lr:.2e}"}
+                if "val_psnr_y" in row:
+                    postfix["val"] = f"{row['val_psnr_y']:.2f}"
+                bar.set_postfix(postfix)
             if out_of_time(run, state):
                 return pause(run, state, started_at)
     finally:
