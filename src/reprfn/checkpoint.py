@@ -90,7 +90,7 @@ def _training_metadata(obj: Any) -> dict[str, str]:
         return {}
 
 
-def unwrap(obj: Any, path: Path | str = "checkpoint") -> dict[str, Tensor]:
+def unwrap(obj: object, path: Path | str = "checkpoint") -> dict[str, Tensor]:
     """Find the state dict inside common wrappers (``params_ema``, ``params``, ``state_dict``)."""
     while isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
         inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping) and obj[k]), None)

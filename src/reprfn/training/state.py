@@ -180,7 +180,7 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def load_weights(module: torch.nn.Module, sd: Any, path: Path) -> None:
+def load_weights(module: torch.nn.Module, sd: object, path: Path) -> None:
     """``load_state_dict`` with one line on a mismatch (first mismatching tensor and both shapes),
     not torch's list of every tensor."""
     if not isinstance(sd, Mapping):
