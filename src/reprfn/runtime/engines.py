@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import UsageError
 from ..models.blocks import Window, esa_window, use_kernels
+from ..models.rep import fuse
 from .info import BYTES_PER_PIXEL, describe
 from .kernels import ONEDNN, fused_ops_available
 
@@ -81,7 +82,7 @@ class FusedCPUEngine:
 
     def __init__(self, model: nn.Module) -> None:
         info = describe(model)
-        self.model = (model if info.form == "deploy" else model.fuse()).eval()
+        self.model = (model if info.form == "deploy" else fuse(model)).eval()
         self.kernels = ONEDNN if info.kernel_ops and fused_ops_available() else None
         self.exact_tiles = info.exact_tiles
         self.bytes_per_pixel = BYTES_PER_PIXEL

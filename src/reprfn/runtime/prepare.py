@@ -154,8 +154,8 @@ def _auto_engines(model: nn.Module, info: ModelInfo, device: torch.device,
     if device.type != "cpu" or precision != "fp32":
         return TorchEngine(model, device, precision), None
     name = whole_image_engine()
-    use_onnx = os.environ.get("REPRFN_ONNX", "1") != "0" and name is not None
-    return FusedCPUEngine(model), opener(name, model, info) if use_onnx else None
+    use_onnx = os.environ.get("REPRFN_ONNX", "1") != "0"
+    return FusedCPUEngine(model), opener(name, model, info) if use_onnx and name is not None else None
 
 
 def prepare(model: Model | Runner, device: torch.device | str = "cpu", precision: Precision = "fp32",
