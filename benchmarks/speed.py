@@ -22,8 +22,8 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +60,8 @@ BASELINE = "authors' deploy structure, eager NCHW"
 
 def photo(h: int, w: int) -> torch.Tensor:
     img = to_tensor(read_image(sample_image()))
-    return F.interpolate(img, size=(h, w), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1).contiguous()
+    img = F.interpolate(img, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return img.clamp(0, 1).contiguous()
 
 
 def conv_rate(h: int, w: int, rounds: int) -> dict[str, float]:
@@ -81,7 +82,8 @@ def conv_rate(h: int, w: int, rounds: int) -> dict[str, float]:
     return {k: flop / statistics.median(v) / 1e9 for k, v in times.items()}
 
 
-def onnx_runner(model: torch.nn.Module, threads: int, spinning: bool = False) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def onnx_runner(model: torch.nn.Module, threads: int,
+                spinning: bool = False) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """ONNX Runtime on the cached export, through the runtime's session factory (``spinning``: its
     one option that only a benchmark changes)."""
     if not onnxruntime_available():
@@ -234,7 +236,7 @@ def run_size(model, h: int, w: int, args) -> dict:
         key = ("rfdn" if name.startswith("RFDN") else "imdn" if name.startswith("IMDN")
                else "branches" if "nine branches" in name else "reprfn")
         ms = statistics.median(ts) * 1000
-        ratio = statistics.median(b / t for b, t in zip(base, ts))
+        ratio = statistics.median(b / t for b, t in zip(base, ts, strict=True))
         gflops = 2 * macs[key] / (ms / 1000) / 1e9
         rows.append({"variant": name, "ms": ms, "min_ms": min(ts) * 1000, "speedup": ratio,
                      "gflops": gflops, "of_conv_nchw": gflops / rates["nchw"],
@@ -347,7 +349,8 @@ def write_docs(results: list[dict], mem: list[dict], args) -> None:
               "(growth of a fresh process's resident set during the forward, CPU, fp32):", "",
               "| model | peak (MB) | process before (MB) | output (MB) |", "|---|---|---|---|"]
     for m in mem:
-        parts.append(f"| {m['model']} | {m['peak_memory_mb']:.0f} | {m['process_before_mb']:.0f} | {m['output_mb']:.0f} |")
+        parts.append(f"| {m['model']} | {m['peak_memory_mb']:.0f} | {m['process_before_mb']:.0f} "
+                     f"| {m['output_mb']:.0f} |")
     parts += ["", END]
     text = DOC.read_text()
     block = "\n".join(parts)
@@ -369,7 +372,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile (inductor); slow to build")
     ap.add_argument("--ort-spinning", action="store_true",
-                    help="also time ONNX Runtime with spinning idle threads (they keep spinning into the next variant's turn)")
+                    help="also time ONNX Runtime with spinning idle threads "
+                         "(they keep spinning into the next variant's turn)")
     ap.add_argument("--memory-size", default="540x960", help="HxW of the peak-memory forward ('0' skips it)")
     ap.add_argument("--skip", default="", help="comma-separated substrings of variant names to leave out")
     ap.add_argument("--dpsnr", action="store_true", help="also measure dPSNR on Set5/Set14 x4 (../shared)")
@@ -379,7 +383,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     weights = OFFICIAL if OFFICIAL.is_file() else bundled_weights(4)
-    args.weights_name = "the authors' released x4 (deploy)" if weights == OFFICIAL else "the bundled x4 (same structure)"
+    released = weights == OFFICIAL
+    args.weights_name = "the authors' released x4 (deploy)" if released else "the bundled x4 (same structure)"
     args.model = reprfn.load_model(weights).eval()
     # the training form: random branch weights (its cost does not depend on the values)
     args.train_model = build("reprfn", scale=4).eval()

@@ -45,7 +45,8 @@ def main() -> None:
     print(f"{'tile':>6}  {'peak RSS (MB)':>13}  {'model+input (MB)':>16}  {'seconds':>7}")
     for tile in map(int, args.tiles.split(",")):
         r = measure(width, height, tile)
-        print(f"{('whole' if tile == 0 else tile):>6}  {r['peak_rss_mb']:>13.0f}  {r['before_mb']:>16.0f}  {r['seconds']:>7.1f}")
+        label = "whole" if tile == 0 else tile
+        print(f"{label:>6}  {r['peak_rss_mb']:>13.0f}  {r['before_mb']:>16.0f}  {r['seconds']:>7.1f}")
 
 
 if __name__ == "__main__":

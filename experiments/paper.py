@@ -23,8 +23,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -167,7 +168,7 @@ def cmd_train(only: list[str] | None, threads: int) -> None:
             continue
         print(f"{name}: training ({BUDGET['iters']} iterations)", flush=True)
         r = train_one(name, threads)
-        record(lambda results: results["runs"].__setitem__(name, r))
+        record(lambda results, name=name, r=r: results["runs"].__setitem__(name, r))
         print(f"{name}: Set5 {r['set5']['psnr_y']:.2f} dB, B100 {r['b100']['psnr_y']:.2f} dB", flush=True)
 
 

@@ -8,8 +8,9 @@ text around them (the discussion) is written by hand and kept. Plots need matplo
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 

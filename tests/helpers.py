@@ -4,6 +4,7 @@ model's own output as the reference for everything that upscales."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +94,26 @@ def assert_default_engine_ran(prepared: list, whole_images: bool = True) -> None
         assert net.fallback is None, net.describe()
         if engine is not None and whole_images:
             assert net.opened is not None and net.opened.name == engine, "the engine never ran"
+
+
+# ------------------------------------------------------------------------------------------------
+# A training run that goes wrong at a chosen iteration
+# ------------------------------------------------------------------------------------------------
+
+
+def loss_goes_wrong_at(monkeypatch: pytest.MonkeyPatch, call: int,
+                       change: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Make ``reprfn train``'s loss go wrong at its ``call``-th call (one call per iteration):
+    ``change`` gets the true loss and returns what the loop sees, or raises (a killed process).
+    Undone with ``monkeypatch``, e.g. at the end of a ``monkeypatch.context()``."""
+    import reprfn.train as train_mod
+
+    class WrongAt(train_mod.WeightedLoss):
+        calls = 0
+
+        def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+            WrongAt.calls += 1
+            loss = super().forward(sr, hr)
+            return change(loss) if WrongAt.calls == call else loss
+
+    monkeypatch.setattr(train_mod, "WeightedLoss", WrongAt)

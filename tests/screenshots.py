@@ -3,8 +3,9 @@
     .venv/bin/python -m tests.screenshots
 
 docs/report.png: ``reprfn eval --report`` on the bundled sample photo (public domain) at x4 with
-bicubic and the bundled model: nothing from third-party data or weights ends up in the docs. docs/serve.png: ``reprfn serve`` after a x4 upscale of
-the bundled sample photo. Screenshots are reduced to 256 colours to stay small.
+bicubic and the bundled model: nothing from third-party data or weights ends up in the docs.
+docs/serve.png: ``reprfn serve`` after a x4 upscale of the bundled sample photo. Screenshots are
+reduced to 256 colours to stay small.
 """
 
 from __future__ import annotations

@@ -225,7 +225,8 @@ def test_authors_checkpoint_reaches_published_set5_psnr():
 
 def test_authors_layout_helper_matches_the_released_keys():
     """Guards the helper above: it must produce exactly the keys of the authors' deploy file."""
-    official = torch.load(shared_path("weights", "official", "reprfn_ntire_x4.pth"), map_location="cpu", weights_only=True)
+    path = shared_path("weights", "official", "reprfn_ntire_x4.pth")
+    official = torch.load(path, map_location="cpu", weights_only=True)
     ours = to_authors_layout(build("reprfn", deploy=True).state_dict())
     assert set(ours) == set(official)
 

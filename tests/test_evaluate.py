@@ -16,7 +16,15 @@ from PIL import Image
 from reprfn import build, load_model, save_model
 from reprfn.cli import main
 from reprfn.evaluate import (
-    Bicubic, Pair, evaluate_dataset, grey_to_rgb, load_pairs, measure, output_names, read_pair, super_resolve,
+    Bicubic,
+    Pair,
+    evaluate_dataset,
+    grey_to_rgb,
+    load_pairs,
+    measure,
+    output_names,
+    read_pair,
+    super_resolve,
 )
 from reprfn.images import read_image
 from reprfn.metrics import psnr

@@ -85,7 +85,8 @@ def test_onnx_file_layout_and_metadata(tmp_path: Path) -> None:
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["format"] == "reprfn" and meta["version"] == reprfn.__version__
     assert (meta["arch"], meta["scale"], meta["channels"], meta["blocks"]) == ("reprfn", "3", "8", "1")
-    assert (meta["in_channels"], meta["esa_channels"], meta["form"], meta["precision"]) == ("3", "4", "deploy", "float32")
+    assert (meta["in_channels"], meta["esa_channels"]) == ("3", "4")
+    assert (meta["form"], meta["precision"]) == ("deploy", "float32")
     assert [i.name for i in proto.graph.input] == ["input"]
     assert [o.name for o in proto.graph.output] == ["output"]
     for value, names in ((proto.graph.input[0], ("batch", "height", "width")),

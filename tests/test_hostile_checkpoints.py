@@ -208,7 +208,8 @@ def test_bad_metadata_values_name_the_file_and_the_key(tmp_path, key, value, mes
 def test_metadata_that_does_not_apply_to_the_architecture(tmp_path):
     model = _tiny("rfdn")
     path = save_model(model, tmp_path / "rfdn.safetensors", extra={"esa_channels": "12"})
-    with pytest.raises(CheckpointError, match=r"rfdn.safetensors: metadata esa_channels='12' does not apply to a rfdn model"):
+    message = r"rfdn.safetensors: metadata esa_channels='12' does not apply to a rfdn model"
+    with pytest.raises(CheckpointError, match=message):
         load_model(path)
 
 
@@ -271,7 +272,8 @@ def test_huge_claims_cost_neither_time_nor_memory(tmp_path):
     for key, value in (("blocks", "200000"), ("channels", "65536"), ("esa_channels", "100000")):
         paths.append(str(tmp_path / f"{key}.safetensors"))
         save_file(sd, paths[-1], metadata={**meta, key: value})
-    proc = subprocess.run([sys.executable, "-c", _LOAD_ALL, *paths], capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run([sys.executable, "-c", _LOAD_ALL, *paths], capture_output=True, text=True, timeout=120,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert sorted(result["times"]) == sorted(paths)  # each refused with CheckpointError

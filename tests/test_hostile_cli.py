@@ -67,12 +67,12 @@ def test_export_refuses_opsets_it_cannot_write(tmp_path, capsys, opset):
 def test_a_failing_export_never_prints_the_graph(tmp_path, capfd):
     """torch's exporter prints the whole graph from C++ when it fails; only the one-line
     ExportError may come out (opset 3 bypasses the range check to make it fail)."""
-    from reprfn.export import _torch_onnx_export
+    from reprfn.exporters import torch_onnx_export
     from reprfn.models import build
 
     model = build("reprfn", scale=2, channels=8, blocks=1, esa_channels=4, deploy=True).eval()
     with pytest.raises(ExportError, match="torch.onnx.export failed"):
-        _torch_onnx_export(model, torch.rand(1, 3, 32, 32), tmp_path / "m.onnx", 3)
+        torch_onnx_export(model, torch.rand(1, 3, 32, 32), tmp_path / "m.onnx", 3)
     out, err = capfd.readouterr()
     assert out == "" and err == "", (out + err)[:300]
 

@@ -20,6 +20,7 @@ import reprfn
 from reprfn import cli
 from reprfn.api import upscale_alpha, upscale_file
 from reprfn.checkpoint import bundled_weights
+from reprfn.cli import commands as cli_commands
 from reprfn.errors import ImageError, ReprfnError, ResourceError
 from reprfn.images import Picture, save_picture, to_uint8, write_png
 from reprfn.resize import imresize, imresize_rows
@@ -124,7 +125,7 @@ def _decode_tiff(path: Path) -> tuple[np.ndarray, int]:
             tags[tag] = struct.unpack(order + ("H" if kind == 3 else "I") * count, raw[:size * count])
     w, h, c = tags[256][0], tags[257][0], tags[277][0]
     bits = tags[258][0]
-    strips = [data[o:o + s] for o, s in zip(tags[273], tags[279])]
+    strips = [data[o:o + s] for o, s in zip(tags[273], tags[279], strict=True)]
     if tags[259][0] == 8:
         strips = [zlib.decompress(s) for s in strips]
     dtype = np.dtype(np.uint16 if bits == 16 else np.uint8).newbyteorder(order)
@@ -492,7 +493,7 @@ def test_allocation_failures_are_one_line_not_allocator_text(tmp_path, photo, mo
             raise failure
 
     Image.fromarray(photo).save(tmp_path / "p.png")
-    monkeypatch.setattr(cli, "_upscale_model", lambda args, device: Failing(4))
+    monkeypatch.setattr(cli_commands, "_upscale_model", lambda args, device: Failing(4))
     code = cli.main(["upscale", "-i", str(tmp_path / "p.png"), "-o", str(tmp_path / "o.png")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
@@ -534,11 +535,12 @@ def test_non_finite_output_through_the_cli_and_every_api(tmp_path, photo, model,
     Image.fromarray(photo).save(tmp_path / "a.png")
     Image.fromarray(photo[::-1]).save(tmp_path / "b.png")
     poisoned = Poisoned(model, float("nan"), (3, 3))
-    monkeypatch.setattr(cli, "_upscale_model", lambda args, device: poisoned)
+    monkeypatch.setattr(cli_commands, "_upscale_model", lambda args, device: poisoned)
     out = tmp_path / "out"
     assert cli.main(["upscale", "-i", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "-o", str(out), "--quiet"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert [line.split(": the model")[0] for line in lines] == [f"reprfn: error: {tmp_path / n}" for n in ("a.png", "b.png")]
+    expected = [f"reprfn: error: {tmp_path / n}" for n in ("a.png", "b.png")]
+    assert [line.split(": the model")[0] for line in lines] == expected
     assert not out.exists() or list(out.iterdir()) == []
     for image in (photo, photo[..., 0], Image.fromarray(photo), np.dstack([photo, photo[..., 0]])):
         with pytest.raises(ReprfnError, match="non-finite"):

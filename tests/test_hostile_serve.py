@@ -123,7 +123,7 @@ def _live(app):
         while not server.started:
             assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
             time.sleep(0.02)
-        yield "http://127.0.0.1:%d" % sock.getsockname()[1]
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(GUARD)
@@ -213,7 +213,8 @@ def test_a_small_file_of_a_megapixel_is_refused_before_any_work():
     assert len(black) < 10_000  # a few KB on the wire, tens of seconds of CPU at x4
     r = _post(TestClient(create_app(models=lambda scale: model)), black)
     assert r.status_code == 413
-    assert _one_line_json(r).startswith("the image is 1000x1000 (1.0 megapixels); this server takes up to 0.3 megapixels")
+    assert _one_line_json(r).startswith(
+        "the image is 1000x1000 (1.0 megapixels); this server takes up to 0.3 megapixels")
     assert model.calls == 0
 
 
@@ -258,7 +259,8 @@ def test_a_refusal_of_the_model_is_4xx_and_a_bug_is_a_logged_500(caplog):
     assert r.status_code == 413 and _one_line_json(r) == "needs 9 GB, 2 GB free"
 
     with caplog.at_level(logging.ERROR, logger="reprfn.serve"):
-        r = _post(TestClient(create_app(models=lambda scale: Failing(RuntimeError("boom\nat line 2")))), _small(), "b.png")
+        app = create_app(models=lambda scale: Failing(RuntimeError("boom\nat line 2")))
+        r = _post(TestClient(app), _small(), "b.png")
     assert r.status_code == 500
     assert _one_line_json(r) == "internal error while upscaling b.png: RuntimeError: boom"
     [record] = [rec for rec in caplog.records if rec.name == "reprfn.serve"]
@@ -289,7 +291,8 @@ def test_16_bit_colour_never_gives_a_plain_500(tmp_path):
 
 def test_a_non_latin1_file_name_is_answered():
     r = _post(TestClient(create_app(models=lambda scale: Nearest())), _small(), "фото.png")
-    assert r.status_code == 200 and r.headers["content-disposition"] == 'attachment; filename="_____x2.png"'  # 4 letters, then _x2
+    assert r.status_code == 200
+    assert r.headers["content-disposition"] == 'attachment; filename="_____x2.png"'  # 4 letters, then _x2
 
 
 # -------------------------------------------------------------------- the port, before "serving"

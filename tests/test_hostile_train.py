@@ -18,16 +18,16 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import reprfn.data as data_mod
-import reprfn.train as train_mod
 from reprfn import save_model
 from reprfn.cli import main
 from reprfn.config import DEFAULTS, load_config, merge, parse_config
 from reprfn.data import decode_training_set
-from reprfn.errors import ConfigError, DataError, TrainingError
+from reprfn.errors import CheckpointError, ConfigError, DataError, TrainingError
 from reprfn.models import build
 from reprfn.resize import imresize
 from reprfn.train import train
-from tests.helpers import randomize
+from reprfn.training.state import load_weights
+from tests.helpers import loss_goes_wrong_at, randomize
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
@@ -115,7 +115,8 @@ def test_cli_refuses_a_bad_value_before_the_run_folder(tmp_path, photos, capsys)
 
 
 @pytest.mark.parametrize("extra, error, message", [
-    (["train.patch_size=16"], ConfigError, "config train.patch_size: expected LR patches large enough for reprfn, got 16"),
+    (["train.patch_size=16"], ConfigError,
+     "config train.patch_size: expected LR patches large enough for reprfn, got 16"),
     (["model.name=imdn"], ConfigError, "config model: imdn with channels=8"),
     (["model.init=missing.safetensors"], ConfigError, "config model.init: missing.safetensors: no such file"),
     (["data.train_lr=nowhere"], DataError, "no LR image with the same name in nowhere"),
@@ -210,6 +211,17 @@ def test_a_resume_that_would_ignore_the_config_is_refused(finished, tmp_path, ph
     assert (run / "config.yaml").read_text().endswith("# not rewritten\n")
 
 
+def test_resumed_weights_with_a_missing_tensor_are_one_line(tmp_path):
+    """Same shapes, one key fewer (another architecture's layout): named, not torch's key list."""
+    model = build("reprfn", scale=2, channels=8, blocks=1)
+    weights = model.state_dict()
+    del weights["fea_conv.bias"]
+    with pytest.raises(CheckpointError) as info:
+        load_weights(model, weights, tmp_path / "last.ckpt")
+    assert str(info.value) == (f"{tmp_path / 'last.ckpt'}: does not match a reprfn model: 1 missing keys "
+                               "(e.g. fea_conv.bias) (a run with other model.* settings)")
+
+
 # --------------------------------------------------------------------------------- 3. log rows
 
 
@@ -223,23 +235,14 @@ class Killed(Exception):
 
 
 def test_log_has_one_row_per_iteration_after_an_interrupted_run(tmp_path, photos, monkeypatch):
-    real = train_mod.WeightedLoss
-
-    class Crashing(real):
-        calls = 0
-
-        def forward(self, sr, hr):
-            Crashing.calls += 1
-            if Crashing.calls == 5:
-                raise Killed  # killed at iteration 5: rows 1-4 logged, checkpoint at 3
-            return super().forward(sr, hr)
+    def killed(loss: torch.Tensor) -> torch.Tensor:
+        raise Killed  # killed at iteration 5: rows 1-4 logged, checkpoint at 3
 
     run = tmp_path / "run"
-    monkeypatch.setattr(train_mod, "WeightedLoss", Crashing)
-    with pytest.raises(Killed):
+    with monkeypatch.context() as m, pytest.raises(Killed):
+        loss_goes_wrong_at(m, 5, killed)
         train(load_config(SMOKE, tiny(photos, "train.iters=6")), run, progress=False)
     assert _iterations(run) == [1, 2, 3, 4]
-    monkeypatch.setattr(train_mod, "WeightedLoss", real)
     train(load_config(SMOKE, tiny(photos, "train.iters=6")), run, resume="auto", progress=False)
     assert _iterations(run) == [1, 2, 3, 4, 5, 6]
 
@@ -310,7 +313,7 @@ def test_cache_is_read_and_invalidated_by_content(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(data_mod, "_decode_pair", no_decoding)
         second = decode_training_set(hr_dir, 2, cache_dir=cache)
-    assert all(np.array_equal(a.hr, b.hr) and np.array_equal(a.lr, b.lr) for a, b in zip(first, second))
+    assert all(np.array_equal(a.hr, b.hr) and np.array_equal(a.lr, b.lr) for a, b in zip(first, second, strict=True))
 
     # another picture, same size, same modification time: the cache must not serve the old one
     path = hr_dir / "p0.bmp"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import PIL
@@ -16,8 +16,16 @@ from PIL import Image, ImageOps
 from reprfn import files
 from reprfn.errors import ImageError
 from reprfn.images import (
-    DEFAULT_MAX_PIXELS, Picture, list_images, load_picture, output_format, read_image,
-    save_picture, to_tensor, to_uint8, write_png,
+    DEFAULT_MAX_PIXELS,
+    Picture,
+    list_images,
+    load_picture,
+    output_format,
+    read_image,
+    save_picture,
+    to_tensor,
+    to_uint8,
+    write_png,
 )
 from reprfn.images import write as image_write
 from reprfn.images.metadata import orient, patch_orientation
@@ -65,7 +73,8 @@ def _png16_rgb(path, arr: np.ndarray) -> None:
     h, w, _ = arr.shape
     rows = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
     ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    body = chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
 
 
 def test_16_bit_rgb_becomes_8_bit(tmp_path, rgb):
@@ -362,7 +371,7 @@ def test_exif_rotated_jpeg(tmp_path, rgb):
 def test_orientation_patch_keeps_every_other_byte():
     raw = _exif(8).tobytes()
     patched = patch_orientation(raw)
-    assert len(patched) == len(raw) and sum(a != b for a, b in zip(raw, patched)) == 1
+    assert len(patched) == len(raw) and sum(a != b for a, b in zip(raw, patched, strict=True)) == 1
     untagged = _exif().tobytes()
     assert patch_orientation(untagged) == untagged  # no orientation entry: nothing to change
     assert patch_orientation(b"Exif\x00\x00XX") is None  # cannot be followed: caller decides

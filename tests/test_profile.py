@@ -82,7 +82,8 @@ def test_every_registered_model_in_both_forms(name):
         cb = count(train, "3x40x36")
         assert cf.convs == 39 and cb.convs == 39 + 12 * (9 - 1) + 12 * 3  # 8 more branch convs, edge 1x1+dw
         assert cb.macs > 2 * cf.macs and ct.params > 3 * cf.params
-    elif name.startswith("reprfn") and train.form == "train":  # RepRFN ablations: online fusion costs what the fused form costs
+    elif name.startswith("reprfn") and train.form == "train":
+        # RepRFN ablations: online fusion costs what the fused form costs
         assert (ct.macs, ct.activations, ct.convs) == (cf.macs, cf.activations, cf.convs)
         assert ct.params > cf.params
     else:

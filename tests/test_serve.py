@@ -97,7 +97,8 @@ def test_bad_files_are_4xx_with_a_clear_message(client, data, status, message):
 
 def test_bad_requests(client):
     png = _png(_photo())
-    assert _post(client, png, "5").status_code == 400 and "scale must be 2, 3 or 4" in _post(client, png, "5").json()["error"]
+    bad_scale = _post(client, png, "5")
+    assert bad_scale.status_code == 400 and "scale must be 2, 3 or 4" in bad_scale.json()["error"]
     r = client.post("/api/upscale", data={"scale": "2"})  # no file: not even multipart
     assert r.status_code == 400 and "multipart" in r.json()["error"]
     r = client.post("/api/upscale", files={"other": ("x.png", png, "image/png")}, data={"scale": "2"})
@@ -239,7 +240,8 @@ def test_page_in_chromium_upload_round_trip(chromium, served, tmp_path):
             const blob = await (await fetch(document.getElementById('download').href)).blob();
             const dt = new DataTransfer();
             dt.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));
-            document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+            document.getElementById('drop').dispatchEvent(
+                new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
         })()""")
         browser.wait_for("document.getElementById('chosen').textContent.startsWith('dropped.png')", 10)
     finally:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from reprfn import load_model
 from reprfn.data import DataError
 from reprfn.train import TrainingError, load_config, parse_set, train, val_pairs, validate
+from tests.helpers import loss_goes_wrong_at
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,19 +150,7 @@ def test_outputs_of_a_run(tmp_path, photos):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, photos, monkeypatch):
-    import reprfn.train as train_mod
-
-    real = train_mod.WeightedLoss
-
-    class Exploding(real):
-        calls = 0
-
-        def forward(self, sr, hr):
-            Exploding.calls += 1
-            loss = super().forward(sr, hr)
-            return loss * float("nan") if Exploding.calls == 5 else loss
-
-    monkeypatch.setattr(train_mod, "WeightedLoss", Exploding)
+    loss_goes_wrong_at(monkeypatch, 5, lambda loss: loss * float("nan"))
     run = tmp_path / "nan"
     with pytest.raises(TrainingError, match="iteration 5.*last good checkpoint"):
         train(tiny_config(photos, "train.iters=10"), run, progress=False)
@@ -193,7 +182,8 @@ def test_two_processes_match_one(tmp_path, photos):
               "--set", "train.patch_size=32", "--set", "model.channels=8", "--set", "model.blocks=1",
               "--set", "train.iters=3", "--set", "train.threads=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env)
+    one = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], capture_output=True, text=True,
+                         env=env)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_port", str(29500 + os.getpid() % 1000), *common, "--out", str(tmp_path / "two")],

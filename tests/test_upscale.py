@@ -104,15 +104,23 @@ def test_cli_folder_keeps_kinds_and_names(folder, tmp_path):
     assert (out / "a.webp").exists() and (out / "grey.webp").exists() and not (out / "b.webp").exists()
 
 
+def test_cli_batch_ends_with_a_summary_line(folder, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["upscale", "-i", str(folder), "-o", str(out), "-s", "2"]) == 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"3 of 3 images upscaled x2 into {out}"
+
+
 def test_cli_alpha_and_16_bit(tmp_path, photo):
     rgba = np.dstack([photo, np.full(photo.shape[:2], 200, np.uint8)])
     Image.fromarray(rgba).save(tmp_path / "alpha.png")
-    assert main(["upscale", "-i", str(tmp_path / "alpha.png"), "-o", str(tmp_path / "o.png"), "-s", "2", "--quiet"]) == 0
+    assert main(["upscale", "-i", str(tmp_path / "alpha.png"), "-o", str(tmp_path / "o.png"), "-s", "2",
+                 "--quiet"]) == 0
     out = load_picture(tmp_path / "o.png")
     assert out.alpha is not None and (out.alpha == 200).all()
     sixteen = Image.fromarray(photo[..., 0].astype(np.uint16) * 257)
     sixteen.save(tmp_path / "g16.png")
-    assert main(["upscale", "-i", str(tmp_path / "g16.png"), "-o", str(tmp_path / "g16_x2.png"), "-s", "2", "--quiet"]) == 0
+    assert main(["upscale", "-i", str(tmp_path / "g16.png"), "-o", str(tmp_path / "g16_x2.png"), "-s", "2",
+                 "--quiet"]) == 0
     assert load_picture(tmp_path / "g16_x2.png").pixels.dtype == np.uint16
 
 

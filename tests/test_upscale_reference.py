@@ -22,9 +22,9 @@ from reprfn.checkpoint import bundled_weights
 from reprfn.cli import main
 from reprfn.resize import imresize
 from tests.helpers import (
-    asymmetric_photo,
     assert_close_levels,
     assert_default_engine_ran,
+    asymmetric_photo,
     reference_sr,
 )
 
@@ -80,11 +80,12 @@ def test_numpy_images_equal_the_model(photo, model, default_engine):
         "rgb16": _sixteen(photo),
         "grey16": _sixteen(photo)[..., 1].copy(),
     }
-    for name, img in cases.items():
+    for img in cases.values():
         got = reprfn.upscale(img, scale=4, device="cpu", model=_again(default_engine))
         off = SIXTEEN_BIT_OFF if img.dtype == np.uint16 else EIGHT_BIT_OFF
         assert_close_levels(got, reference_sr(model, img), off)
-    hw1 = reprfn.upscale(photo[..., :1].copy(), scale=4, device="cpu", model=_again(default_engine))  # HxWx1 stays HxWx1
+    # HxWx1 stays HxWx1
+    hw1 = reprfn.upscale(photo[..., :1].copy(), scale=4, device="cpu", model=_again(default_engine))
     assert_close_levels(hw1, reference_sr(model, photo[..., 0].copy())[..., None], EIGHT_BIT_OFF)
     assert_default_engine_ran(default_engine)
 
@@ -142,7 +143,8 @@ def test_upscale_file_equals_the_model(photo, model, default_engine, tmp_path):
     Image.fromarray(grey16).save(tmp_path / "g16.png")
     net = api.prepare(reprfn.load_model(bundled_weights(4)), torch.device("cpu"))
     for name in ("rgb", "grey", "rgba", "g16"):
-        api.upscale_file(net, tmp_path / f"{name}.png", tmp_path / f"{name}_x4.png", tile="auto", device=torch.device("cpu"))
+        api.upscale_file(net, tmp_path / f"{name}.png", tmp_path / f"{name}_x4.png", tile="auto",
+                         device=torch.device("cpu"))
     out = {n: np.asarray(Image.open(tmp_path / f"{n}_x4.png")) for n in ("rgb", "grey", "rgba", "g16")}
     assert_close_levels(out["rgb"], reference_sr(model, photo), EIGHT_BIT_OFF)
     assert_close_levels(out["grey"], reference_sr(model, photo[..., 2].copy()), EIGHT_BIT_OFF)

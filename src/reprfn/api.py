@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, TypeAlias, overload
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 from .checkpoint import bundled_weights, load_model
 from .errors import ReprfnError, ResourceError, UsageError
 from .images import IMAGE_SUFFIXES, Picture, load_picture, save_picture, write_memory
+from .models import SRModel
 from .outputs import refuse_collisions
 from .resize import imresize_rows, output_length
 from .runtime.hardware import PrecisionChoice as Precision
@@ -28,7 +30,7 @@ from .runtime.memory import DEFAULT_PAD, auto_tile
 from .runtime.prepare import Backend, Runner, as_runner, prepare
 from .runtime.run import run, run_pixels
 
-ModelLike = Union[None, str, os.PathLike, nn.Module, Runner]
+ModelLike: TypeAlias = str | os.PathLike | nn.Module | Runner | None
 
 
 SCALES = (2, 3, 4)
@@ -79,6 +81,14 @@ def _bundled(scale: int, device: str) -> nn.Module:
     """The bundled model of ``scale``, loaded once per device: ``reprfn.upscale(img)`` called again
     reuses it (and, through ``prepare``, its opened engines)."""
     return load_model(bundled_weights(scale), device=device)
+
+
+@overload
+def resolve_model(model: str | os.PathLike | None, scale: int | None, device: torch.device) -> SRModel: ...
+
+
+@overload
+def resolve_model(model: ModelLike, scale: int | None, device: torch.device) -> nn.Module | Runner: ...
 
 
 def resolve_model(model: ModelLike, scale: int | None, device: torch.device) -> nn.Module | Runner:
@@ -158,7 +168,7 @@ def upscale(image: Any, scale: int | None = 4, model: ModelLike = None, tile: in
     tile, pad = check_tile(tile), check_pad(pad)
     dev = resolve_device(device)
     net = prepare(resolve_model(model, scale, dev), dev, precision, backend)
-    kw = {"tile": tile, "pad": pad, "device": dev, "precision": precision}
+    kw: dict[str, Any] = {"tile": tile, "pad": pad, "device": dev, "precision": precision}
     if isinstance(image, torch.Tensor):
         return _upscale_tensor(net, image, **kw)
     if isinstance(image, np.ndarray):
@@ -180,6 +190,7 @@ def _upscale_array(net: Runner, image: np.ndarray, **kw: Any) -> np.ndarray:
         if image.shape[2] == 1:
             return pic.pixels[..., None]
         colour = pic.pixels[..., None] if pic.pixels.ndim == 2 else pic.pixels
+        assert pic.alpha is not None  # the input has alpha, so has the output
         return np.concatenate([colour, pic.alpha[..., None]], axis=2)
     if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3):
         return upscale_pixels(net, image, **kw)
@@ -242,7 +253,8 @@ def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Pat
             pattern = "**/*" if recursive else "*"
             found = [p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
             if not found:
-                errors.append(f"{path}: no images in this folder" + ("" if recursive else " (--recursive looks deeper)"))
+                hint = "" if recursive else " (--recursive looks deeper)"
+                errors.append(f"{path}: no images in this folder{hint}")
             files += found
         elif path.exists():
             files.append(path)

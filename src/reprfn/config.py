@@ -17,14 +17,18 @@ import copy
 import math
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import yaml
 
 from .errors import ConfigError
 from .losses import loss_weights
+
+if TYPE_CHECKING:
+    from .models.rep import Mode
 
 SCALES = (2, 3, 4)
 
@@ -37,10 +41,11 @@ class Refused(Exception):
         self.expected = expected
 
 
-Check = Callable[[Any], Any]
+T = TypeVar("T")
+Check = Callable[[object], T]  # the value in its canonical type, or Refused
 
 
-def _checked(check: Check) -> dict[str, Check]:
+def _checked(check: Check[object]) -> dict[str, Check[object]]:
     """Field metadata holding the value's check."""
     return {"check": check}
 
@@ -50,7 +55,7 @@ def _checked(check: Check) -> dict[str, Check]:
 # ----------------------------------------------------------------------------------------------
 
 
-def as_number(value: Any) -> float | int | None:
+def as_number(value: object) -> float | int | None:
     """A finite int or float, or None. Strings that Python reads as numbers count: PyYAML (YAML
     1.1) reads ``5e-4`` and ``1.0e5`` as strings, and refusing what the user clearly meant as a
     number would only be pedantic. Booleans are not numbers here."""
@@ -66,13 +71,13 @@ def as_number(value: Any) -> float | int | None:
     return None
 
 
-def integer(minimum: int, maximum: int | None = None) -> Check:
+def integer(minimum: int, maximum: int | None = None) -> Check[int]:
     """An integer in ``[minimum, maximum]``; a float with an integral value (``1.0e5``) is accepted."""
     expected = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
     if maximum is not None:
         expected = f"an integer in [{minimum}, {maximum}]"
 
-    def check(value: Any) -> int:
+    def check(value: object) -> int:
         n = as_number(value)
         if n is None or not float(n).is_integer() or n < minimum or (maximum is not None and n > maximum):
             raise Refused(expected)
@@ -81,7 +86,7 @@ def integer(minimum: int, maximum: int | None = None) -> Check:
     return check
 
 
-def real(minimum: float = 0.0, *, strict: bool = False, below: float | None = None) -> Check:
+def real(minimum: float = 0.0, *, strict: bool = False, below: float | None = None) -> Check[float]:
     """A finite number ``> minimum`` (``strict``) or ``>= minimum``, and ``< below`` when given."""
     if below is not None:
         expected = f"a number in [{minimum:g}, {below:g})"
@@ -90,7 +95,7 @@ def real(minimum: float = 0.0, *, strict: bool = False, below: float | None = No
     else:
         expected = f"a number {'>' if strict else '>='} {minimum:g}"
 
-    def check(value: Any) -> float:
+    def check(value: object) -> float:
         n = as_number(value)
         if n is None or n < minimum or (strict and n == minimum) or (below is not None and n >= below):
             raise Refused(expected)
@@ -99,29 +104,38 @@ def real(minimum: float = 0.0, *, strict: bool = False, below: float | None = No
     return check
 
 
-def choice(*options: Any) -> Check:
+def choice(*options: T) -> Check[T]:
     """One of ``options`` (compared as given: ``2`` is not ``"2"``)."""
     expected = "one of " + ", ".join(str(o) for o in options)
 
-    def check(value: Any) -> Any:
-        if isinstance(value, bool) or value not in options:
-            raise Refused(expected)
-        return value
+    def check(value: object) -> T:
+        for option in options:
+            if not isinstance(value, bool) and value == option:
+                return option
+        raise Refused(expected)
 
     return check
 
 
-def boolean(value: Any) -> bool:
+def boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise Refused("true or false")
     return value
 
 
-def path(optional: bool) -> Check:
+@overload
+def path(optional: Literal[False]) -> Check[str]: ...
+
+
+@overload
+def path(optional: bool) -> Check[str | None]: ...
+
+
+def path(optional: bool) -> Check[str | None]:
     """A file or folder name (not checked for existence here: the consumer names what is missing)."""
     expected = "a path or null" if optional else "a path"
 
-    def check(value: Any) -> str | None:
+    def check(value: object) -> str | None:
         if value is None and optional:
             return None
         if isinstance(value, os.PathLike):
@@ -133,12 +147,12 @@ def path(optional: bool) -> Check:
     return check
 
 
-def paths(optional: bool) -> Check:
+def paths(optional: bool) -> Check[tuple[str, ...] | None]:
     """A folder or a non-empty list of folders, as a tuple."""
     expected = "a folder or a list of folders" + (", or null" if optional else "")
     one = path(optional=False)
 
-    def check(value: Any) -> tuple[str, ...] | None:
+    def check(value: object) -> tuple[str, ...] | None:
         if value is None and optional:
             return None
         items = [value] if isinstance(value, (str, os.PathLike)) else value
@@ -152,20 +166,20 @@ def paths(optional: bool) -> Check:
     return check
 
 
-def model_name(value: Any) -> str:
+def model_name(value: object) -> str:
     from .models import names
 
     return choice(*names())(value)
 
 
-def device(value: Any) -> str:
+def device(value: object) -> str:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (availability is checked when the run starts)."""
     if not isinstance(value, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
         raise Refused("auto, cpu, cuda, cuda:N or mps")
     return value
 
 
-def betas(value: Any) -> tuple[float, float]:
+def betas(value: object) -> tuple[float, float]:
     """Adam's two decay rates, each in [0, 1)."""
     rate = real(0.0, below=1.0)
     if not isinstance(value, (list, tuple)) or len(value) != 2:
@@ -188,7 +202,7 @@ class ModelConfig:
     channels: int = field(default=48, metadata=_checked(integer(1)))
     blocks: int = field(default=4, metadata=_checked(integer(1)))
     in_channels: int = field(default=3, metadata=_checked(choice(1, 3)))
-    mode: str = field(default="online", metadata=_checked(choice("online", "branches")))
+    mode: Mode = field(default="online", metadata=_checked(choice("online", "branches")))
     init: str | None = field(default=None, metadata=_checked(path(optional=True)))
 
 
@@ -262,7 +276,7 @@ def _plain(obj: Any) -> Any:
 SEED = integer(0, 2**32 - 1)  # numpy's seed range
 
 
-def _value(key: str, check: Check, value: Any) -> Any:
+def _value(key: str, check: Check[T], value: object) -> T:
     try:
         return check(value)
     except Refused as exc:
@@ -285,7 +299,7 @@ def _section(cls: type, raw: Any, name: str) -> Any:
     return cls(**{k: _value(f"{name}.{k}", known[k].metadata["check"], v) for k, v in raw.items()})
 
 
-def _loss(raw: Any) -> dict[str, float]:
+def _loss(raw: object) -> dict[str, float]:
     if not isinstance(raw, Mapping) or not raw:
         raise ConfigError(f"config loss: expected a mapping of loss names to weights, got {raw!r}")
     weights = {str(k): _value(f"loss.{k}", real(), v) for k, v in raw.items()}
@@ -300,11 +314,10 @@ def parse_config(raw: Mapping[str, Any]) -> Config:
     for key in raw:
         if key not in ("seed", "loss", *SECTIONS):
             raise ConfigError(f"unknown config key {key!r}")
-    cfg = Config(
-        seed=_value("seed", SEED, raw.get("seed", 0)),
-        **{name: _section(cls, raw.get(name), name) for name, cls in SECTIONS.items()},
-        **({"loss": _loss(raw["loss"])} if "loss" in raw else {}),
-    )
+    fields: dict[str, Any] = {name: _section(cls, raw.get(name), name) for name, cls in SECTIONS.items()}
+    if "loss" in raw:
+        fields["loss"] = _loss(raw["loss"])
+    cfg = Config(seed=_value("seed", SEED, raw.get("seed", 0)), **fields)
     _check_together(cfg)
     return cfg
 
@@ -315,7 +328,8 @@ def _check_together(cfg: Config) -> None:
     if t.patch_size % scale:
         raise ConfigError(f"config train.patch_size: expected a multiple of model.scale ({scale}), got {t.patch_size}")
     if t.lr_schedule == "cosine" and t.lr_min > t.lr:
-        raise ConfigError(f"config train.lr_min: expected at most train.lr ({t.lr:g}) for the cosine schedule, got {t.lr_min:g}")
+        raise ConfigError(f"config train.lr_min: expected at most train.lr ({t.lr:g}) for the cosine schedule, "
+                          f"got {t.lr_min:g}")
 
 
 DEFAULTS: dict[str, Any] = Config().to_dict()

@@ -17,17 +17,17 @@ import hashlib
 import os
 import warnings
 import zipfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
+from .errors import DataError, ImageError
 from .files import atomic_path
 from .images import list_images, read_image
 from .resize import imresize
-from .errors import DataError, ImageError
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ def _decode_pair(path: Path, scale: int, lr_path: Path | None, channels: int) ->
     if lr_path is not None:
         lr = _channels(read_image(lr_path), channels, lr_path)
         if lr.shape[0] * scale > hr.shape[0] or lr.shape[1] * scale > hr.shape[1]:
-            raise DataError(f"{lr_path}: LR {lr.shape[1]}x{lr.shape[0]} does not fit HR {hr.shape[1]}x{hr.shape[0]} at x{scale}")
+            raise DataError(f"{lr_path}: LR {lr.shape[1]}x{lr.shape[0]} does not fit "
+                            f"HR {hr.shape[1]}x{hr.shape[0]} at x{scale}")
         return Pair(path.name, hr[: lr.shape[0] * scale, : lr.shape[1] * scale], lr)
     hr = np.ascontiguousarray(hr[:h, :w])
     return Pair(path.name, hr, imresize(hr, 1 / scale))
@@ -130,7 +131,8 @@ def _lr_partner(hr_path: Path, lr_dir: Path) -> Path:
     raise DataError(f"{hr_path}: no LR image with the same name in {lr_dir}")
 
 
-def _cached(path: Path, scale: int, lr_path: Path | None, channels: int, cache_dir) -> Pair:
+def _cached(path: Path, scale: int, lr_path: Path | None, channels: int,
+            cache_dir: str | os.PathLike | None) -> Pair:
     """The pair from the cache when it holds one for this content, else decoded (and cached)."""
     try:
         if cache_dir is None or lr_path is not None:

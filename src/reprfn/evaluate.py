@@ -8,11 +8,13 @@ remaining files are still evaluated.
 
 from __future__ import annotations
 
+import operator
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import reduce
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -67,7 +69,7 @@ def _variant(forward: Forward, x: Tensor, flip: bool, k: int) -> Tensor:
 
 def flip_rotate_mean(forward: Forward, x: Tensor) -> Tensor:
     """Self-ensemble: the mean of the outputs for the 8 flips/rotations of ``x`` (float, unrounded)."""
-    return sum(_variant(forward, x, flip, k) for flip in (False, True) for k in range(4)) / 8
+    return reduce(operator.add, (_variant(forward, x, flip, k) for flip in (False, True) for k in range(4))) / 8
 
 
 def super_resolve(model: nn.Module | Bicubic, lr: np.ndarray, *, self_ensemble: bool = False,

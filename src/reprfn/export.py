@@ -13,19 +13,18 @@ of exports and the ONNX Runtime session options are the runtime's. See ``docs/ex
 from __future__ import annotations
 
 import copy
-import ctypes
-import inspect
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import warnings
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,12 +33,11 @@ from torch import Tensor, nn
 from . import __version__
 from .checkpoint import metadata_for
 from .errors import ExportError, UsageError
+from .exporters import INPUT_NAME, OUTPUT_NAME, torch_onnx_export
 from .files import atomic_path
-from .models import fuse
+from .models import SRModel, fuse
 from .runtime.onnx import DEFAULT_OPSET, INSTALL_HINT, OnnxEngine, import_ort
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "output"
 MIN_OPSET = 11  # first opset whose Resize matches PyTorch's bilinear; 9-10 give outputs 0.02 off (measured)
 FP32_TOLERANCE = 1e-4  # max |diff| allowed between ONNX Runtime and PyTorch, float32 export
 FP16_TOLERANCE = 1e-2  # ... float16 weights (against the float32 PyTorch model)
@@ -74,7 +72,7 @@ class ExportReport:
 # ----------------------------------------------------------------------------------------------
 
 
-def _import_onnx() -> Any:
+def _import_onnx() -> ModuleType:
     try:
         import onnx
     except ImportError:
@@ -158,94 +156,7 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-@contextmanager
-def _captured_output() -> Iterator[list[str]]:
-    """Everything written to file descriptors 1 and 2 meanwhile, Python's and C++'s alike.
-
-    torch's TorchScript exporter prints the whole graph to stdout from C++ when it fails (187
-    lines for RepRFN), which no ``sys.stdout`` redirect can catch. The text is appended to the
-    yielded list when the block ends; the caller decides whether it is shown. While the block
-    runs, other threads' output goes there too.
-    """
-    captured: list[str] = []
-    try:
-        libc = ctypes.CDLL(None)
-    except (OSError, TypeError):  # no C library to open by that name (Windows)
-        libc = None
-
-    def flush() -> None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        if libc is not None:
-            libc.fflush(None)  # C stdio buffers (a redirected stdout is fully buffered)
-
-    flush()
-    saved = [os.dup(1), os.dup(2)]
-    try:
-        with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            try:
-                yield captured
-            finally:
-                flush()
-                os.dup2(saved[0], 1)
-                os.dup2(saved[1], 2)
-                sink.seek(0)
-                captured.append(sink.read().decode(errors="replace"))
-    finally:
-        for fd in saved:
-            os.close(fd)
-
-
-def _torch_onnx_export(module: nn.Module, example: Tensor, path: Path, opset: int) -> str:
-    """``torch.onnx.export``, quietly: its output is shown only if the export succeeds (warnings),
-    never the graph it dumps when it fails (the ``ExportError`` says why in one line)."""
-    with _captured_output() as noise:
-        exporter = _torch_onnx_export_loud(module, example, path, opset)
-    if noise[0].strip():
-        print(noise[0].rstrip(), file=sys.stderr)
-    return exporter
-
-
-def _torch_onnx_export_loud(module: nn.Module, example: Tensor, path: Path, opset: int) -> str:
-    """Run ``torch.onnx.export``: the TorchScript-based exporter first, the dynamo one if that fails."""
-    params = inspect.signature(torch.onnx.export).parameters
-    common: dict[str, Any] = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], opset_version=opset)
-    legacy = dict(
-        common,
-        dynamic_axes={
-            INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
-            OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"},
-        },
-        do_constant_folding=True,
-    )
-    if "dynamo" in params:
-        legacy["dynamo"] = False
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # chosen on purpose (stable with F.interpolate(size=x.shape[-2:])); see docs/export.md
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
-            warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
-            torch.onnx.export(module, (example,), str(path), **legacy)
-        return "torchscript"
-    except Exception as exc:  # removed in a future torch, or an op it cannot convert
-        first = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-    if "dynamo" not in params:
-        raise ExportError(f"torch.onnx.export failed ({first[:300]})")
-    try:
-        dim = torch.export.Dim.DYNAMIC
-        with torch.no_grad():
-            torch.onnx.export(module, (example,), str(path), dynamo=True, external_data=False,
-                              dynamic_shapes=({0: dim, 2: dim, 3: dim},), verbose=False, **common)
-        return "dynamo"
-    except Exception as exc:
-        second = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        raise ExportError(f"torch.onnx.export failed (TorchScript exporter: {first[:200]}; "
-                          f"dynamo exporter: {second[:200]})") from None
-
-
-def onnx_metadata(model: nn.Module, fp16: bool) -> dict[str, str]:
+def onnx_metadata(model: SRModel, fp16: bool) -> dict[str, str]:
     """The ``metadata_props`` written into the ONNX file (all values strings)."""
     meta = metadata_for(model)  # arch, scale, in_channels, channels, blocks, form, ..., format, version
     meta.update(
@@ -253,14 +164,15 @@ def onnx_metadata(model: nn.Module, fp16: bool) -> dict[str, str]:
         io_dtype="float32",
         input=f"{INPUT_NAME}: float32 (N, {model.in_channels}, H, W), RGB in [0, 1]"
         if model.in_channels == 3 else f"{INPUT_NAME}: float32 (N, {model.in_channels}, H, W) in [0, 1]",
-        output=f"{OUTPUT_NAME}: float32 (N, {model.in_channels}, {model.scale}H, {model.scale}W) in [0, 1] (not clamped)",
+        output=f"{OUTPUT_NAME}: float32 (N, {model.in_channels}, {model.scale}H, {model.scale}W) in [0, 1] "
+               "(not clamped)",
         version=__version__,
     )
     return meta
 
 
 def export_onnx(
-    model: nn.Module,
+    model: SRModel,
     path: str | os.PathLike,
     *,
     opset: int = DEFAULT_OPSET,
@@ -287,7 +199,7 @@ def export_onnx(
     example = image_batch(1, *TRACE_SIZE, in_channels=fused.in_channels)
     report = ExportReport(path=path, opset=opset, fp16=fp16)
     with atomic_path(path) as tmp:
-        report.exporter = _torch_onnx_export(module, example, tmp, opset)
+        report.exporter = torch_onnx_export(module, example, tmp, opset)
         proto = onnx.load(str(tmp))
         report.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
         del proto.metadata_props[:]
@@ -311,8 +223,8 @@ def export_onnx(
 
 
 def parity(
-    candidate: Any,
-    reference: nn.Module,
+    candidate: Callable[[Tensor], Tensor],
+    reference: SRModel,
     shapes: Sequence[tuple[int, int, int]] = CHECK_SHAPES,
 ) -> tuple[float, list[tuple[int, ...]]]:
     """Max |candidate(x) - reference(x)| over crops of the sample photo, and the shapes used.
@@ -388,7 +300,7 @@ def verify_standalone(path: str | os.PathLike, *, size: tuple[int, int] = (23, 1
 # ----------------------------------------------------------------------------------------------
 
 
-def export_torchscript(model: nn.Module, path: str | os.PathLike, *, check: bool = True) -> Path:
+def export_torchscript(model: SRModel, path: str | os.PathLike, *, check: bool = True) -> Path:
     """Trace the fused model (float32, CPU) and save it with ``torch.jit.save``, atomically.
 
     Tracing keeps the input size dynamic (the ESA resize target is recorded as ``x.shape``, not a

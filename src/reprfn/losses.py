@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+import operator
+from collections.abc import Callable, Mapping
+from functools import reduce
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
 from .errors import ConfigError
 
 CHARBONNIER_EPS2 = 1e-6
@@ -64,4 +67,4 @@ class WeightedLoss(nn.Module):
 
     def forward(self, sr: Tensor, hr: Tensor) -> Tensor:
         sr = sr.float()
-        return sum(w * LOSSES[name](sr, hr) for name, w in self.weights.items())
+        return reduce(operator.add, (w * LOSSES[name](sr, hr) for name, w in self.weights.items()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from .errors import UsageError
 
 Y_COEFFS = np.array([65.481, 128.553, 24.966]) / 255.0

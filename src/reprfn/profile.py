@@ -41,15 +41,17 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import UsageError
+from .models import SRModel
 from .models.rep import RepBlock
 
 COUNTER = "NTIRE ESR model_summary.py conventions: conv MACs without bias + ReLU-family output elements"
@@ -101,7 +103,8 @@ class _Counter(TorchDispatchMode):
         entry["elements"] += elements
         entry["ops"] += ops
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+    def __torch_dispatch__(self, func: torch._ops.OpOverload, types: Sequence[type], args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
         name = func.overloadpacket.__name__
         first = out[0] if isinstance(out, (tuple, list)) else out
@@ -213,7 +216,17 @@ print(json.dumps({"before": before, "peak": peak, "reset": reset, "output": y.nu
 """
 
 
-def peak_memory_mb(model: nn.Module, input_shape: str | tuple[int, ...] = (3, 180, 320), *,
+@overload
+def peak_memory_mb(model: SRModel, input_shape: str | tuple[int, ...] = ..., *, device: str | torch.device = ...,
+                   fast: bool = ..., threads: int | None = ..., detail: Literal[False] = ...) -> float: ...
+
+
+@overload
+def peak_memory_mb(model: SRModel, input_shape: str | tuple[int, ...] = ..., *, device: str | torch.device = ...,
+                   fast: bool = ..., threads: int | None = ..., detail: Literal[True]) -> dict[str, Any]: ...
+
+
+def peak_memory_mb(model: SRModel, input_shape: str | tuple[int, ...] = (3, 180, 320), *,
                    device: str | torch.device = "cpu", fast: bool = False, threads: int | None = None,
                    detail: bool = False) -> float | dict[str, Any]:
     """Peak memory (MB, 2**20 bytes) one forward adds on top of the loaded model and input.
@@ -232,7 +245,7 @@ def peak_memory_mb(model: nn.Module, input_shape: str | tuple[int, ...] = (3, 18
 
     mode = "-"
     for module in model.modules():
-        if hasattr(module, "mode") and module.__class__.__name__ == "RepBlock":
+        if isinstance(module, RepBlock):
             mode = module.mode
             break
     with tempfile.TemporaryDirectory(prefix="reprfn-profile-") as tmp:
@@ -254,7 +267,8 @@ def peak_memory_mb(model: nn.Module, input_shape: str | tuple[int, ...] = (3, 18
     return peak
 
 
-def _cuda_peak(model: nn.Module, shape: tuple[int, ...], device: torch.device, detail: bool):
+def _cuda_peak(model: nn.Module, shape: tuple[int, ...], device: torch.device,
+               detail: bool) -> float | dict[str, Any]:
     model = model.to(device).eval()
     x = torch.rand(shape, device=device)
     torch.cuda.synchronize(device)
@@ -275,7 +289,7 @@ def _cuda_peak(model: nn.Module, shape: tuple[int, ...], device: torch.device, d
 # ----------------------------------------------------------------------------------------------
 
 
-def runtime(model: Any, input_shape: str | tuple[int, ...] = (3, 180, 320), *,
+def runtime(model: Callable[[torch.Tensor], torch.Tensor], input_shape: str | tuple[int, ...] = (3, 180, 320), *,
             device: str | torch.device = "cpu", warmup: int = 2, runs: int = 10) -> dict[str, Any]:
     """Median (and min) milliseconds of ``runs`` forwards after ``warmup`` ones, and the threads used."""
     shape = parse_input(input_shape)
@@ -303,7 +317,7 @@ def runtime(model: Any, input_shape: str | tuple[int, ...] = (3, 180, 320), *,
 # ----------------------------------------------------------------------------------------------
 
 
-def profile_model(model: nn.Module, input_shape: str | tuple[int, ...] = (3, 180, 320), *,
+def profile_model(model: SRModel, input_shape: str | tuple[int, ...] = (3, 180, 320), *,
                   device: str | torch.device = "cpu", memory: bool = True, timing: bool = False,
                   runs: int = 10, warmup: int = 2) -> dict[str, Any]:
     """The report of ``reprfn profile`` as a dict (the ``--json`` content)."""
@@ -327,7 +341,7 @@ def profile_model(model: nn.Module, input_shape: str | tuple[int, ...] = (3, 180
         "device": str(torch.device(device)),
         "threads": torch.get_num_threads(),
     }
-    modes = {m.mode for m in model.modules() if m.__class__.__name__ == "RepBlock"}
+    modes = {m.mode for m in model.modules() if isinstance(m, RepBlock)}
     if modes:
         report["mode"] = modes.pop()
     if memory:
@@ -368,12 +382,14 @@ def format_report(r: dict[str, Any]) -> str:
         "  not counted by that counter (ops, elements):",
     ]
     for name, v in r["uncounted"].items():
-        lines.append(f"    {name:<14}{_si(v['ops']):>10}  {_si(v['elements']):>10}  ({v['calls']} call{'s' if v['calls'] != 1 else ''})")
+        calls = f"{v['calls']} call{'s' if v['calls'] != 1 else ''}"
+        lines.append(f"    {name:<14}{_si(v['ops']):>10}  {_si(v['elements']):>10}  ({calls})")
     lines.append(f"    {'total':<14}{_si(r['uncounted_ops']):>10}")
     if r.get("peak_memory_mb") is not None:
         mem = r.get("memory", {})
         how = "fresh-process RSS growth" if r["device"] == "cpu" else "max_memory_allocated"
-        extra = f"; model + input + runtime before it: {mem['process_before_mb']:.0f} MB" if "process_before_mb" in mem else ""
+        extra = (f"; model + input + runtime before it: {mem['process_before_mb']:.0f} MB"
+                 if "process_before_mb" in mem else "")
         lines.append(f"  peak memory   {r['peak_memory_mb']:.1f} MB of one forward ({how}{extra})")
     if r.get("runtime_ms") is not None:
         rt = r["runtime"]

@@ -24,6 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+
 from .errors import UsageError
 
 KERNEL_WIDTH = 4.0
@@ -82,7 +83,7 @@ def _resize_axis(img: np.ndarray, axis: int, out_length: int, scale: float, roun
 
 
 def _scales(scale: float | tuple[float, float]) -> tuple[float, float]:
-    sh, sw = (scale, scale) if np.isscalar(scale) else scale
+    sh, sw = scale if isinstance(scale, (tuple, list)) else (scale, scale)
     if sh <= 0 or sw <= 0:
         raise UsageError(f"scale must be positive, got {scale}")
     return float(sh), float(sw)

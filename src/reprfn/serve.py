@@ -31,10 +31,11 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from torch import nn
 
@@ -42,7 +43,14 @@ from .errors import ImageError, ReprfnError, ResourceError, UsageError, one_line
 from .images import INPUT_FORMATS, Picture, encode_picture, load_picture, own_pixel_limit
 
 if TYPE_CHECKING:
+    import torch
+    from starlette.applications import Starlette
+    from starlette.types import ASGIApp, Message
+
+    from .runtime.hardware import PrecisionChoice
     from .runtime.prepare import Runner
+
+    ModelFor = Callable[[int], "nn.Module | Runner"]  # the model of a scale
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # the whole request body
 MAX_PIXELS = 300_000  # input pixels (about 630x470): 4.8 megapixels out at x4
@@ -134,8 +142,8 @@ def encode_png(pic: Picture, name: str) -> bytes:
     return encode_picture(pic, name)
 
 
-def upscale_bytes(data: bytes, model: nn.Module, *, name: str = "upload", max_pixels: int = MAX_PIXELS,
-                  device=None) -> Upscaled:
+def upscale_bytes(data: bytes, model: nn.Module | Runner, *, name: str = "upload", max_pixels: int = MAX_PIXELS,
+                  device: torch.device | None = None) -> Upscaled:
     """Decode an uploaded file from memory, upscale it with ``model``, encode the result as PNG.
 
     Callers check the header first (``check_image``); ``max_pixels`` guards the decoder again.
@@ -213,8 +221,8 @@ class Models:
     """The bundled model of each scale, loaded and prepared (``runtime.prepare``: the engines of
     ``reprfn upscale``, in ``precision``) on first use (thread-safe)."""
 
-    def __init__(self, device=None, loader: Callable[[int], nn.Module] | None = None,
-                 precision: str = "auto") -> None:
+    def __init__(self, device: torch.device | None = None, loader: ModelFor | None = None,
+                 precision: PrecisionChoice = "auto") -> None:
         import torch
 
         self.device = device or torch.device("cpu")
@@ -229,7 +237,7 @@ class Models:
                 from .api import prepare, resolve_model
 
                 model = self._loader(scale) if self._loader is not None else resolve_model(None, scale, self.device)
-                self._models[scale] = prepare(model, self.device, self.precision)  # type: ignore[arg-type]
+                self._models[scale] = prepare(model, self.device, self.precision)
             return self._models[scale]
 
 
@@ -252,8 +260,8 @@ def page_html(*, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX
 
 
 def create_app(*, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
-               max_side: int = MAX_SIDE, max_queue: int = MAX_QUEUE, device=None,
-               models: Callable[[int], nn.Module] | None = None):
+               max_side: int = MAX_SIDE, max_queue: int = MAX_QUEUE, device: torch.device | None = None,
+               models: ModelFor | None = None) -> Starlette:
     """The Starlette application. ``models(scale)`` gives the model of a scale (default: bundled).
 
     ``max_pixels`` and ``max_side`` bound the input image, ``max_queue`` the uploads waiting while
@@ -294,7 +302,7 @@ def create_app(*, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MA
             return error(400, "send a multipart/form-data form with the file in field 'image' and 'scale'")
         received = 0
 
-        async def limited_receive():
+        async def limited_receive() -> Message:
             nonlocal received
             message = await request.receive()
             if message["type"] == "http.request":
@@ -386,7 +394,7 @@ def _bind_problem(host: str, port: int, exc: OSError) -> str:
     return f"cannot listen on port {port} on {host}: {exc.strerror or one_line(exc)}"
 
 
-def serve(app, sock: socket.socket, *, log_level: str = "info") -> None:
+def serve(app: ASGIApp, sock: socket.socket, *, log_level: str = "info") -> None:
     """Run ``app`` with uvicorn on ``sock`` (from ``listen_socket``) until interrupted."""
     import uvicorn
 

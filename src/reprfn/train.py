@@ -23,7 +23,7 @@ import csv
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from tqdm import tqdm
 
 from .checkpoint import save_model
 from .config import DEFAULTS, Config, load_config, merge, parse_config, parse_set
@@ -130,7 +131,7 @@ class Run:
     run_dir: Path
     dist: Dist
     device: torch.device
-    net: Any  # the model, its DDP wrapper when there are several ranks, or torch.compile's wrapper
+    net: Callable[[torch.Tensor], torch.Tensor]  # the model, its DDP wrapper, or torch.compile's wrapper
     criterion: torch.nn.Module
     scaler: torch.amp.GradScaler  # a no-op unless train.amp is fp16
     amp: torch.dtype | None  # autocast dtype
@@ -268,7 +269,7 @@ def train(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike, *, resume
     if ckpt_path is not None:
         state.resume(ckpt_path, cfg)
     started_at = state.iteration
-    net = data_parallel(state.model, dist, device)
+    net: Callable[[torch.Tensor], torch.Tensor] = data_parallel(state.model, dist, device)
     if t.compile:
         net = torch.compile(net)
 
@@ -293,8 +294,10 @@ def train(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike, *, resume
             maybe_checkpoint(run, state)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{state.loss:.4f}", lr=f"{state.lr:.2e}",
-                                **({"val": f"{row['val_psnr_y']:.2f}"} if "val_psnr_y" in row else {}))
+                postfix = {"loss": f"{state.loss:.4f}", "lr": f"{state.lr:.2e}"}
+                if "val_psnr_y" in row:
+                    postfix["val"] = f"{row['val_psnr_y']:.2f}"
+                bar.set_postfix(postfix)
             if out_of_time(run, state):
                 return pause(run, state, started_at)
     finally:
@@ -304,9 +307,7 @@ def train(cfg: Config | Mapping[str, Any], run_dir: str | os.PathLike, *, resume
     return finish(run, state, started_at)
 
 
-def _progress(start: int, total: int, enabled: bool):
+def _progress(start: int, total: int, enabled: bool) -> tqdm | None:
     if not enabled:
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, initial=start, unit="it", dynamic_ncols=True, smoothing=0.1)

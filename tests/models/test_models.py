@@ -120,7 +120,7 @@ def test_online_is_the_default_and_matches_branches_with_gradients():
     (out_b, g_b), (out_o, g_o) = results["branches"], results["online"]
     assert (out_o - out_b).abs().max() <= 1e-5
     scale = max(g.abs().max() for g in g_b)
-    for (name, _), a, b in zip(model.named_parameters(), g_o, g_b):
+    for (name, _), a, b in zip(model.named_parameters(), g_o, g_b, strict=True):
         assert (a - b).abs().max() <= 1e-4 * scale, name
 
 

@@ -79,7 +79,8 @@ def test_edge_branch_bias_padding_matters():
     y0 = F.pad(branch.conv(x), (1, 1, 1, 1))  # zeros, not b0
     w = (branch.scale.view(-1, 1, 1) * branch.edge.double()).unsqueeze(1)
     zero_padded = F.conv2d(y0, w, branch.bias, groups=C_OUT)
-    kernel, bias = fuse_edge_branch(branch.conv.weight, branch.conv.bias, branch.scale, branch.edge.double(), branch.bias)
+    kernel, bias = fuse_edge_branch(branch.conv.weight, branch.conv.bias, branch.scale, branch.edge.double(),
+                                    branch.bias)
     fused = F.conv2d(x, kernel, bias, padding=1)
     border = (fused - zero_padded).abs()
     assert border[..., 1:-1, 1:-1].max() < 1e-12  # interior agrees
@@ -135,7 +136,7 @@ def test_repblock_online_equals_branches_with_gradients(h, w):
     # Sobel scale on a 1x1 image sees only the kernel centre, which is 0) and float32 noise there
     # has no meaningful relative error of its own.
     scale = max(g.abs().max() for g in grads_b)
-    for (name, _), g_o, g_b in zip(block.named_parameters(), grads_o, grads_b):
+    for (name, _), g_o, g_b in zip(block.named_parameters(), grads_o, grads_b, strict=True):
         # An edge branch's b0, padded around itself and convolved with a zero-sum operator, adds
         # nothing: its true gradient is zero, so it is only held to the closeness check below.
         dead = name.startswith("edges.") and name.endswith("conv.bias")

@@ -63,6 +63,8 @@ def load_picture(source: str | os.PathLike | BinaryIO, *, max_pixels: int | None
     Every failure is an ``ImageError`` whose one-line message names the file.
     """
     _check_max_pixels(max_pixels)
+    src: Path | BinaryIO
+    label: Path | str
     if isinstance(source, (str, os.PathLike)):
         src = label = Path(source)
         if not src.is_file():
@@ -215,7 +217,7 @@ def _to_arrays(
     raise ImageError(f"{path}: unsupported image mode {mode!r}")
 
 
-def _key_alpha(pixels: np.ndarray, key) -> np.ndarray | None:
+def _key_alpha(pixels: np.ndarray, key: object) -> np.ndarray | None:
     """A colour-key transparency (PNG tRNS for grey/RGB) -> an alpha plane, else None."""
     if key is None or isinstance(key, bytes):
         return None
@@ -234,14 +236,15 @@ def _cmyk_to_rgb(im: Image.Image, icc: bytes | None) -> tuple[Image.Image, bytes
 
     A CMYK profile never describes the RGB result, so it is not kept either way.
     """
-    if icc_space(icc) == b"CMYK":
+    if icc is not None and icc_space(icc) == b"CMYK":
         try:
             from PIL import ImageCms
 
             srgb = ImageCms.createProfile("sRGB")
             rgb = ImageCms.profileToProfile(im, ImageCms.ImageCmsProfile(BytesIO(icc)), srgb,
                                             outputMode="RGB")
-            return rgb, ImageCms.ImageCmsProfile(srgb).tobytes()
+            if rgb is not None:  # always, as not converted in place
+                return rgb, ImageCms.ImageCmsProfile(srgb).tobytes()
         except Exception:  # no littlecms, or a broken profile: fall back to Pillow's formula
             pass
     return im.convert("RGB"), None

@@ -60,10 +60,10 @@ def write_tiff(fp: BinaryIO, samples: Samples | np.ndarray, icc: bytes | None, e
     offsets, sizes = [], []
     order = samples.dtype.newbyteorder(">" if big_endian else "<")
     for y0, y1 in strips:
-        data = samples.rows(y0, y1, order)
+        rows = samples.rows(y0, y1, order)
         if compress:
-            data[:, 1:] -= data[:, :-1].copy()
-        data = zlib.compress(data.tobytes(), 6) if compress else data.tobytes()
+            rows[:, 1:] -= rows[:, :-1].copy()
+        data = zlib.compress(rows.tobytes(), 6) if compress else rows.tobytes()
         offsets.append(fp.tell() - end)
         sizes.append(len(data))
         fp.write(data)
@@ -96,7 +96,7 @@ def _exif_tiff_tags(exif: bytes | None) -> dict:
         return {}
 
 
-def _tiff_serialisable(tag: int, value) -> bool:
+def _tiff_serialisable(tag: int, value: object) -> bool:
     """Whether Pillow can write this tag, so one odd EXIF value never fails a whole write."""
     probe = TiffImagePlugin.ImageFileDirectory_v2()
     try:

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 
 def tile_rawmode(im: Image.Image) -> str | None:
@@ -58,10 +58,12 @@ def _wide_rawmodes() -> dict[str, tuple[str, bool, bool]]:
 WIDE_RAWMODES = _wide_rawmodes()
 
 
-def _with_rawmode(tile, rawmode: str):
+def _with_rawmode(tile: ImageFile._Tile, rawmode: str) -> ImageFile._Tile:
     args = tile[3]
     args = (rawmode, *args[1:]) if isinstance(args, tuple) else rawmode
-    return tile._replace(args=args) if hasattr(tile, "_replace") else (*tile[:3], args)
+    if hasattr(tile, "_replace"):  # a named tuple (recent Pillow)
+        return tile._replace(args=args)
+    return (*tile[:3], args)  # type: ignore[return-value]  # a plain tuple (older Pillow)
 
 
 def _decode_with_rawmode(reopen: Callable[[], Image.Image], rawmode: str) -> np.ndarray:

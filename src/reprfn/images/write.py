@@ -95,7 +95,8 @@ def encode_picture(pic: Picture, name: str, *, quality: int = 95) -> bytes:
     return buffer.getvalue()
 
 
-def _prepared(pic: Picture, path: Path, quality: int):
+def _prepared(pic: Picture, path: Path,
+              quality: int) -> tuple[str, np.ndarray, np.ndarray | None, bytes | None, bytes | None]:
     """Everything checked before a byte is written: (format, pixels, alpha, ICC, EXIF) to write.
 
     The picture, the quality and the format's limits (``write_memory``); then the samples as the
@@ -178,7 +179,7 @@ def _check_picture(pic: Picture) -> None:
         raise UsageError("alpha must be an HxW array of the same dtype as pixels")
 
 
-def _for_format(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str):
+def _for_format(pixels: np.ndarray, alpha: np.ndarray | None, fmt: str) -> tuple[np.ndarray, np.ndarray | None]:
     """What the target format can hold: bit depth, alpha and greyscale, reduced as documented."""
     if fmt in ("JPEG", "WEBP", "BMP"):
         pixels = round_to_8bit(pixels)
@@ -207,7 +208,7 @@ def _write(target: Path | BinaryIO, fmt: str, pixels: np.ndarray, alpha: np.ndar
         return
     whole = interleave(pixels, alpha)
     im = Image.fromarray(whole[..., 0] if whole.shape[2] == 1 else whole)
-    options: dict = {}
+    options: dict[str, object] = {}
     if fmt != "BMP":
         options.update({k: v for k, v in (("icc_profile", icc), ("exif", exif)) if v})
     if fmt == "JPEG":

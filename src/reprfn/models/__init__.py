@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
+from ..errors import UsageError
 from .blocks import ESA, SRModel
 from .imdn import IMDN
 from .rep import ConvLReLU, RepBlock, fuse, set_mode
 from .reprfn import RFN, RepRFN
 from .rfdn import RFDN
-from ..errors import UsageError
 
 REGISTRY: dict[str, Callable[..., SRModel]] = {
     **{name: partial(RepRFN, variant=name) for name in RepRFN.VARIANTS},

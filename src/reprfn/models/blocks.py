@@ -119,6 +119,14 @@ def conv(in_channels: int, out_channels: int, kernel_size: int = 3, **kw: Any) -
     return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, **kw)
 
 
+def as_conv(module: nn.Module) -> nn.Conv2d:
+    """``module``, checked to be the conv an architecture put there: the items of an
+    ``nn.ModuleList`` or ``nn.Sequential`` are typed as any module."""
+    if not isinstance(module, nn.Conv2d):
+        raise TypeError(f"expected a Conv2d, got a {type(module).__name__}")
+    return module
+
+
 def lrelu(x: Tensor) -> Tensor:
     return F.leaky_relu(x, LRELU_SLOPE)
 
@@ -257,10 +265,13 @@ class SRModel(nn.Module):
         return fuse(self)
 
     def first_conv(self) -> nn.Conv2d:
-        return self.get_submodule(self.first_conv_name)
+        return self._conv(self.first_conv_name)
 
     def last_conv(self) -> nn.Conv2d:
-        return self.get_submodule(self.last_conv_name)
+        return self._conv(self.last_conv_name)
+
+    def _conv(self, name: str) -> nn.Conv2d:
+        return as_conv(self.get_submodule(name))
 
 
 class DistillationNet(SRModel):

@@ -46,7 +46,7 @@ class IMDModule(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         distilled, remaining = [], x
         for c in (self.c1, self.c2, self.c3):
-            d, remaining = torch.split(lrelu(c(remaining)), (self.dc, self.rc), dim=1)
+            d, remaining = torch.split(lrelu(c(remaining)), [self.dc, self.rc], dim=1)
             distilled.append(d)
         distilled.append(self.c4(remaining))
         return self.c5(self.cca(torch.cat(distilled, dim=1))) + x

@@ -11,16 +11,19 @@ branch it replaces. `RepBlock` uses the same functions for three things:
 
 from __future__ import annotations
 
+import operator
 from collections import OrderedDict
-from typing import Literal
+from functools import reduce
+from typing import Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import conv_act
+from .blocks import SRModel, conv_act
 
 Mode = Literal["branches", "online"]
+M = TypeVar("M", bound=nn.Module)
 LRELU_SLOPE = 0.05
 
 # Fixed edge operators of ECBSR, written as 3x3 kernels.
@@ -54,7 +57,8 @@ def fuse_1x1_into_3x3(k1x1: Tensor, k3x3: Tensor) -> Tensor:
     return torch.einsum("omhw,mi->oihw", k3x3, k1x1[:, :, 0, 0])
 
 
-def identity_kernel(channels: int, *, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
+def identity_kernel(channels: int, *, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str | None = None) -> Tensor:
     """3x3 kernel of the identity map on ``channels`` channels."""
     kernel = torch.zeros(channels, channels, 3, 3, dtype=dtype, device=device)
     idx = torch.arange(channels, device=device)
@@ -78,11 +82,11 @@ def fuse_edge_branch(
 
 def sum_kernels(pairs: list[tuple[Tensor, Tensor | None]]) -> tuple[Tensor, Tensor]:
     """Sum (kernel, bias) pairs of parallel 3x3 branches; a None bias counts as zero."""
-    kernel = sum(k for k, _ in pairs)
-    bias = sum(b for _, b in pairs if b is not None)
-    if not isinstance(bias, Tensor):  # no branch had a bias
-        bias = torch.zeros(kernel.shape[0], dtype=kernel.dtype, device=kernel.device)
-    return kernel, bias
+    kernel: Tensor = reduce(operator.add, (k for k, _ in pairs))
+    biases = [b for _, b in pairs if b is not None]
+    if not biases:  # no branch had a bias
+        return kernel, torch.zeros(kernel.shape[0], dtype=kernel.dtype, device=kernel.device)
+    return kernel, reduce(operator.add, biases)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,6 +101,8 @@ class EdgeBranch(nn.Module):
     its input with zeros, is exact at image borders.
     """
 
+    edge: Tensor  # the fixed operator, a buffer
+
     def __init__(self, in_channels: int, out_channels: int, kind: str) -> None:
         super().__init__()
         self.kind = kind
@@ -105,15 +111,20 @@ class EdgeBranch(nn.Module):
         self.bias = nn.Parameter(torch.randn(out_channels) * 1e-3)
         self.register_buffer("edge", torch.tensor(EDGE_KERNELS[kind]), persistent=False)
 
+    def conv_bias(self) -> Tensor:
+        """b0, the 1x1 conv's bias (always built with one)."""
+        assert self.conv.bias is not None
+        return self.conv.bias
+
     def forward(self, x: Tensor) -> Tensor:
-        b0 = self.conv.bias.view(1, -1, 1, 1)
+        b0 = self.conv_bias().view(1, -1, 1, 1)
         y = F.pad(F.conv2d(x, self.conv.weight), (1, 1, 1, 1)) + b0  # padded with b0
         weight = (self.scale.view(-1, 1, 1) * self.edge).unsqueeze(1)
         return F.conv2d(y, weight, self.bias, groups=weight.shape[0])
 
     def kernel_bias(self) -> tuple[Tensor, Tensor]:
         return fuse_edge_branch(
-            self.conv.weight, self.conv.bias, self.scale, self.edge.to(self.scale), self.bias
+            self.conv.weight, self.conv_bias(), self.scale, self.edge.to(self.scale), self.bias
         )
 
 
@@ -123,6 +134,9 @@ class ConvLReLU(nn.Sequential):
     ``act`` is kept as a module (the checkpoints' and the printed structure's layout); the forward
     is the kernel operation ``conv_act``, so that a fused kernel set computes both in one call.
     """
+
+    conv: nn.Conv2d
+    act: nn.LeakyReLU
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
@@ -156,6 +170,10 @@ class RepBlock(nn.Module):
         self.expand3x3 = nn.Conv2d(2 * in_channels, out_channels, 3, padding=1, bias=False)
         self.edges = nn.ModuleDict({k: EdgeBranch(in_channels, out_channels, k) for k in EDGE_KERNELS} if edges else {})
 
+    def edge_branches(self) -> list[EdgeBranch]:
+        """The edge branches (none with ``edges=False``), as their type."""
+        return [edge for edge in self.edges.values() if isinstance(edge, EdgeBranch)]
+
     @property
     def has_identity(self) -> bool:
         return self.in_channels == self.out_channels
@@ -168,7 +186,7 @@ class RepBlock(nn.Module):
             (pad_to_3x3(self.conv1x3.weight), self.conv1x3.bias),
             (pad_to_3x3(self.conv1x1.weight), self.conv1x1.bias),
             (fuse_1x1_into_3x3(self.expand.weight, self.expand3x3.weight), None),
-            *(edge.kernel_bias() for edge in self.edges.values()),
+            *(edge.kernel_bias() for edge in self.edge_branches()),
         ]
         w = self.conv3x3.weight
         if self.has_identity:
@@ -205,11 +223,12 @@ class RepBlock(nn.Module):
         kernel, bias = self.kernel_bias()
         block = ConvLReLU(self.in_channels, self.out_channels).to(kernel)
         block.conv.weight.copy_(kernel)
+        assert block.conv.bias is not None  # ConvLReLU's conv has a bias
         block.conv.bias.copy_(bias)
         return block
 
 
-def set_mode(model: nn.Module, mode: Mode) -> nn.Module:
+def set_mode(model: M, mode: Mode) -> M:
     """Switch every RepBlock of ``model`` to ``mode`` in place; returns ``model``."""
     if mode not in ("branches", "online"):
         raise ValueError(f"unknown RepBlock mode {mode!r}; use 'branches' or 'online'")
@@ -219,7 +238,7 @@ def set_mode(model: nn.Module, mode: Mode) -> nn.Module:
     return model
 
 
-def fuse(model: nn.Module) -> nn.Module:
+def fuse(model: M) -> M:
     """Return a copy of ``model`` in deploy form: every RepBlock replaced by a real 3x3 conv.
 
     The input model is not modified. Idempotent: fusing a fused model returns an equal copy.
@@ -229,7 +248,7 @@ def fuse(model: nn.Module) -> nn.Module:
 
     fused = copy.deepcopy(model)
     _replace_repblocks(fused)
-    if hasattr(fused, "form"):
+    if isinstance(fused, SRModel):
         fused.form = "deploy"
     return fused.eval()
 
@@ -253,6 +272,7 @@ def absorb_kernel(block: RepBlock, kernel: Tensor, bias: Tensor) -> None:
     """
     current_kernel, current_bias = block.kernel_bias()
     block.conv3x3.weight.add_(kernel.to(current_kernel) - current_kernel)
+    assert block.conv3x3.bias is not None  # the 3x3 branch has a bias
     block.conv3x3.bias.add_(bias.to(current_bias) - current_bias)
 
 

@@ -15,12 +15,14 @@ Blocks:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from .blocks import ESA, SRModel, add_, conv, conv_act, conv_add, lrelu, pixelshuffle_block
-from .rep import ConvLReLU, Mode, RepBlock
 from ..errors import UsageError
+from .blocks import ESA, SRModel, add_, as_conv, conv, conv_act, conv_add, lrelu, pixelshuffle_block
+from .rep import ConvLReLU, Mode, RepBlock
 
 
 class RepRFB(nn.Module):
@@ -49,7 +51,7 @@ class RepRFB(nn.Module):
         out, distilled = x, []
         for i, block in enumerate(self.rep):
             if hasattr(self, "distill"):
-                distilled.append(conv_act(out, self.distill[i], "lrelu"))
+                distilled.append(conv_act(out, as_conv(self.distill[i]), "lrelu"))
             out = block(out)
         out = conv_act(out, self.conv, "lrelu")
         if distilled:
@@ -98,7 +100,7 @@ class RFNet(SRModel):
         for block in self.blocks:
             out = block(out)
         shuffle_conv, shuffle = self.upsampler
-        return shuffle(conv_act(conv_add(out, feat, self.lr_conv), shuffle_conv))
+        return shuffle(conv_act(conv_add(out, feat, self.lr_conv), as_conv(shuffle_conv)))
 
 
 class RepRFN(RFNet):
@@ -138,7 +140,7 @@ class RepRFN(RFNet):
         super().__init__(scale=scale, in_channels=in_channels, channels=channels, blocks=blocks)
         self.form = "deploy" if deploy else "train"
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         return {**super().config(), "esa_channels": self.esa_channels}
 
     def make_block(self) -> nn.Module:
@@ -155,7 +157,7 @@ class RFN(RFNet):
         "rfn-rfb3": (True, True),
     }
 
-    def __init__(self, variant: str = "rfn-rfb3", **kw) -> None:
+    def __init__(self, variant: str = "rfn-rfb3", **kw: int) -> None:
         if variant not in self.VARIANTS:
             raise UsageError(f"unknown RFN variant {variant!r}; choose from {sorted(self.VARIANTS)}")
         self.arch = variant

@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch import nn
-
-from ..evaluate import DatasetResult
+from ..evaluate import Bicubic, DatasetResult
+from ..models import SRModel
 from .costs import MAC_COUNTER, MAC_OUTPUT, TIME_LR, describe_columns
 from .crops import CROP_HR, N_CROPS, REGION_HR, choose_crops, difference_map, region_around
 from .html import render, write_report
@@ -41,7 +40,8 @@ class ReportOptions:
     grey_as_rgb: bool = True  # greyscale measured as three equal channels (the published convention)
 
 
-def eval_report(path: str | os.PathLike, options: ReportOptions, models: Sequence[tuple[str, str, nn.Module]],
+def eval_report(path: str | os.PathLike, options: ReportOptions,
+                models: Sequence[tuple[str, str, SRModel | Bicubic]],
                 results: Sequence[tuple[str, DatasetResult]], collector: Collector) -> Path:
     """The report of a ``reprfn eval`` run: ``models`` are (label, weights, model) in ``-w`` order,
     ``results`` (weights, result) pairs in the same order, one per ``-d`` for each model."""

@@ -13,9 +13,9 @@ import time
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
-from ..models import fuse
+from ..evaluate import Bicubic
+from ..models import SRModel, fuse
 from ..profile import count
 from .run import Column
 
@@ -26,24 +26,26 @@ TIME_LR = 128  # CPU time is measured on a TIME_LR x TIME_LR LR input
 MAC_COUNTER = "the NTIRE challenge's conventions (reprfn.profile: conv MACs + ReLU-family outputs)"
 
 
-def describe_columns(models: Sequence[tuple[str, str, nn.Module]], scale: int, repeats: int = 5) -> list[Column]:
+def describe_columns(models: Sequence[tuple[str, str, SRModel | Bicubic]], scale: int,
+                     repeats: int = 5) -> list[Column]:
     """Columns for (label, weights, model) with their costs (bicubic: CPU time only).
 
     CPU times are measured round-robin, one forward of each model per round, so that a burst of
     other work on the machine slows all of them alike; each keeps its best round.
     """
-    columns, nets = [], []
+    columns: list[Column] = []
+    nets: list[SRModel | Bicubic] = []
     lr_size = (MAC_OUTPUT[0] // scale, MAC_OUTPUT[1] // scale)
     for label, weights, model in models:
-        arch = getattr(model, "arch", type(model).__name__)
-        if arch == "bicubic":
+        arch = model.arch
+        if isinstance(model, Bicubic):
             columns.append(Column(label, weights, arch))
             nets.append(model)
             continue
-        net = fuse(model).to("cpu", torch.float32)  # costs are those of the deploy form
-        cost = count(net, (net.in_channels, *lr_size))
+        fused = fuse(model).to("cpu", torch.float32)  # costs are those of the deploy form
+        cost = count(fused, (fused.in_channels, *lr_size))
         columns.append(Column(label, weights, arch, cost.params, int(cost.macs), mac_counter=MAC_COUNTER))
-        nets.append(net)
+        nets.append(fused)
     best = [math.inf] * len(nets)
     inputs = [torch.rand(1, getattr(n, "in_channels", None) or 3, TIME_LR, TIME_LR,
                          generator=torch.Generator().manual_seed(0)) for n in nets]

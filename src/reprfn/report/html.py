@@ -153,9 +153,9 @@ def _sample_section(run: Run, sample: Sample, index: int) -> str:
     scores = []
     for c in cols:
         r = run.result(c.label, sample.dataset)
-        img = next((i for i in (r.images if r else []) if i.name == sample.name), None)
-        if img is not None:
-            scores.append((c.label, img.psnr_y, img.ssim_y))
+        measured = next((i for i in (r.images if r else []) if i.name == sample.name), None)
+        if measured is not None:
+            scores.append((c.label, measured.psnr_y, measured.ssim_y))
     best = max((p for _, p, _ in scores), default=None)
     pills = "".join(
         f'<span class="pill{" best" if p == best and len(scores) > 1 else ""}">{esc(lab)} '

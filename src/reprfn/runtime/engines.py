@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from ..errors import UsageError
 from ..models.blocks import Window, esa_window, use_kernels
 from .hardware import AUTOCAST, Precision
+from ..models.rep import fuse
 from .info import BYTES_PER_PIXEL, describe
 from .kernels import ONEDNN, fused_ops_available
 
@@ -94,7 +95,7 @@ class FusedCPUEngine:
         if precision not in ("fp32", "bf16"):
             raise UsageError(f"the fused CPU engine runs fp32 or bf16, not {precision!r}")
         info = describe(model)
-        deploy = (model if info.form == "deploy" else model.fuse()).eval()
+        deploy = (model if info.form == "deploy" else fuse(model)).eval()
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         self.model = copy.deepcopy(deploy).to(self.dtype) if self.dtype != torch.float32 else deploy
         self.precision = precision

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from torch import nn
 
 from ..errors import UsageError
 from ..models.blocks import ESA_MIN_SIZE, ESA_STRIDE
+
+if TYPE_CHECKING:
+    from .engines import Engine
 
 # Peak memory per LR pixel of a whole-image forward, fused RepRFN x4, fp32, CPU: 1.4 KB measured
 # (benchmarks/upscale_memory.py); OpenVINO's: 898 MB at 3x540x960, 1.7 KB measured.
@@ -57,20 +60,22 @@ class Described(Protocol):
     info: ModelInfo
 
 
-def describe(model: nn.Module | Described | Mapping[str, str]) -> ModelInfo:
+def describe(model: nn.Module | Described | Engine | Mapping[str, str]) -> ModelInfo:
     """The ``ModelInfo`` of a torch model, of anything that carries one (``.info``: a prepared
     ``Runner``, an engine, the bicubic baseline), or of an ONNX export's metadata (a mapping)."""
-    if isinstance(getattr(model, "info", None), ModelInfo):
-        return model.info
+    info = getattr(model, "info", None)
+    if isinstance(info, ModelInfo):
+        return info
     if isinstance(model, Mapping):
         return _from_metadata(model)
-    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "scale", None), int):
+    scale = getattr(model, "scale", None)
+    if not isinstance(model, nn.Module) or not isinstance(scale, int):
         raise UsageError(f"cannot run a {type(model).__name__}: give a reprfn model (reprfn.load_model)")
     from ..models.rep import RepBlock
 
     return ModelInfo(
         arch=str(getattr(model, "arch", "") or type(model).__name__),
-        scale=model.scale,
+        scale=scale,
         in_channels=getattr(model, "in_channels", 3),
         form="train" if any(isinstance(m, RepBlock) for m in model.modules()) else "deploy",
         exact_tiles=bool(getattr(model, "exact_tiles", True)),

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from .. import __version__
 from ..cache import cache_dir
 from ..errors import ExportError, UsageError
-from ..models import fuse
+from ..models import SRModel, fuse
 from ..models.blocks import Window
 from .info import BYTES_PER_PIXEL, ModelInfo, describe
 
@@ -56,7 +56,7 @@ def import_ort() -> Any:
 def model_digest(model: nn.Module, opset: int = DEFAULT_OPSET, fp16: bool = False) -> str:
     """The cache key: weights, config, options, reprfn and torch versions."""
     h = hashlib.sha256()
-    config = model.config() if hasattr(model, "config") else {}
+    config = model.config() if isinstance(model, SRModel) else {}
     h.update(json.dumps([config, opset, fp16, __version__, torch.__version__], sort_keys=True).encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu", torch.float32).contiguous()
@@ -77,6 +77,8 @@ def cached_export(model: nn.Module, *, fp16: bool = False, opset: int = DEFAULT_
     from ..export import export_onnx
 
     fused = fuse(model).to("cpu", torch.float32)
+    if not isinstance(fused, SRModel):
+        raise UsageError(f"cannot export a {type(model).__name__} to ONNX: give a reprfn model (reprfn.load_model)")
     folder = Path(directory) if directory is not None else cache_dir() / "onnx"
     path = folder / f"{fused.arch}_x{fused.scale}_{model_digest(fused, opset, fp16)}{'_fp16' if fp16 else ''}.onnx"
     if not path.is_file():

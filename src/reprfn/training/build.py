@@ -97,7 +97,7 @@ def batch_stream(pairs: Sequence[Pair], cfg: Config, dist: Dist, device: torch.d
             raise DataError(f"train.batch_size {t.batch_size} does not split over {dist.world} processes")
         patches = ResidentPatches(pairs, cfg.model.scale, t.patch_size, t.batch_size, cfg.seed, device)
         mine = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
-        return (tuple(x[mine] for x in patches.batch(it)) for it in range(start, t.iters))  # type: ignore[misc]
+        return ((lr[mine], hr[mine]) for lr, hr in map(patches.batch, range(start, t.iters)))
     sampler = PatchSampler(pairs, cfg.model.scale, t.patch_size, t.batch_size, cfg.seed,
                            rank=dist.rank, world=dist.world)
     return iter(make_loader(sampler, start, t.iters, cfg.data.workers, device))
@@ -136,7 +136,7 @@ def make_state(cfg: Config, device: torch.device) -> TrainState:
     model = build_model(cfg).to(device)
     check_patch(model, cfg, device)
     if use_channels_last(t, device):
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stubs
     ema = make_ema(model, t.ema) if t.ema else None
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, betas=t.betas, eps=t.eps)
     return TrainState(model, ema, optimizer, make_scheduler(optimizer, t))

@@ -46,6 +46,7 @@ def seed_all(seed: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # the legacy form, the default
     return {
         "python": random.getstate(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
@@ -84,7 +85,11 @@ class TrainState:
     @property
     def result(self) -> SRModel:
         """The weights a run validates and delivers: the average when there is one."""
-        return self.ema.module if self.ema is not None else self.model
+        if self.ema is None:
+            return self.model
+        average = self.ema.module
+        assert isinstance(average, SRModel)  # AveragedModel holds a copy of self.model
+        return average
 
     @property
     def lr(self) -> float:
@@ -113,7 +118,7 @@ class TrainState:
                                   f"train.lr_schedule={cfg.train.lr_schedule}")
         try:
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
+            self.scheduler.load_state_dict(dict(state["scheduler"]))
             set_rng_state(state["rng"])
             self.best = float(state.get("best", -math.inf))
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
@@ -175,7 +180,7 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def load_weights(module: torch.nn.Module, sd: Any, path: Path) -> None:
+def load_weights(module: torch.nn.Module, sd: object, path: Path) -> None:
     """``load_state_dict`` with one line on a mismatch (first mismatching tensor and both shapes),
     not torch's list of every tensor."""
     if not isinstance(sd, Mapping):
@@ -189,8 +194,11 @@ def load_weights(module: torch.nn.Module, sd: Any, path: Path) -> None:
             f"configured model ({len(differ)} tensors differ: a run with other model.* settings)")
     try:
         module.load_state_dict(sd)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: {_mismatch(module, sd, exc)} (a run with other model.* settings)") from None
+    except RuntimeError as exc:  # missing or unexpected keys
+        shapes = {k: v.shape for k, v in own.items()}
+        tensors = {str(k): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+        problem = _mismatch(getattr(module, "arch", type(module).__name__), shapes, tensors) or one_line(exc)
+        raise CheckpointError(f"{path}: {problem} (a run with other model.* settings)") from None
 
 
 def refuse_occupied(run_dir: Path) -> None:

@@ -33,5 +33,7 @@ def val_pairs(cfg: Config) -> list[tuple[np.ndarray, np.ndarray]]:
     if errors or not pairs:
         raise DataError(f"val.dir: {errors[0] if errors else 'no images'}")
     pairs = pairs[: cfg.val.max_images or None]
-    as_rgb = cfg.model.in_channels == 3
-    return [tuple(grey_to_rgb(a) if as_rgb else a for a in read_pair(p, scale)) for p in pairs]
+    read = [read_pair(p, scale) for p in pairs]
+    if cfg.model.in_channels != 3:
+        return read
+    return [(grey_to_rgb(hr), grey_to_rgb(lr)) for hr, lr in read]
