@@ -33,9 +33,9 @@ import reprfn
 from reprfn.checkpoint import bundled_weights
 from reprfn.export import sample_image
 from reprfn.images import read_image, to_tensor
+from reprfn.metrics import psnr
 from reprfn.models import build, set_mode
 from reprfn.profile import count, peak_memory_mb
-from reprfn.metrics import psnr
 from reprfn.runtime import hardware
 from reprfn.runtime.engines import FusedCPUEngine, TorchEngine
 from reprfn.runtime.info import describe

@@ -12,13 +12,12 @@ import reprfn
 import reprfn.runtime.hardware as hw
 from reprfn.checkpoint import bundled_weights
 from reprfn.errors import UsageError
-from reprfn.export import image_batch
+from reprfn.export import image_batch, sample_image
 from reprfn.images import read_image
 from reprfn.runtime.engines import FusedCPUEngine, TorchEngine
 from reprfn.runtime.openvino import open_openvino, openvino_available
 from reprfn.runtime.prepare import prepare
 from reprfn.runtime.run import run_pixels
-from reprfn.export import sample_image
 
 needs_ov = pytest.mark.skipif(not openvino_available(), reason="openvino not installed")
 

@@ -26,7 +26,7 @@ from .metrics import psnr, ssim
 from .outputs import refuse_collisions
 from .resize import imresize
 from .runtime.info import BYTES_PER_PIXEL, ModelInfo, describe
-from .runtime.prepare import model_device
+from .runtime.prepare import Runner, model_device
 from .runtime.run import run
 
 Forward = Callable[[Tensor], Tensor]
@@ -72,7 +72,7 @@ def flip_rotate_mean(forward: Forward, x: Tensor) -> Tensor:
     return reduce(operator.add, (_variant(forward, x, flip, k) for flip in (False, True) for k in range(4))) / 8
 
 
-def super_resolve(model: nn.Module | Bicubic, lr: np.ndarray, *, self_ensemble: bool = False,
+def super_resolve(model: nn.Module | Bicubic | Runner, lr: np.ndarray, *, self_ensemble: bool = False,
                   tile: int | None = None) -> np.ndarray:
     """SR of a uint8 image (HxWx3 or HxW), rounded to 8 bits, as the benchmarks measure it.
 
@@ -215,7 +215,7 @@ class DatasetResult:
 
 
 def evaluate_dataset(
-    model: nn.Module | Bicubic,
+    model: nn.Module | Bicubic | Runner,
     folder: str | os.PathLike,
     scale: int,
     *,

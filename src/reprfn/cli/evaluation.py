@@ -87,6 +87,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # outputs are checked and every -w is loaded first, so that a mistake fails before any long evaluation
     check_outputs(args)
     runs = [argparse.Namespace(**{**vars(args), "weights": w}) for w in args.weights or [None]]
+    if args.report and args.precision != "fp32":
+        raise UsageError("--report measures each model's own costs and outputs: use it with --precision fp32")
     models = [_eval_model(one) for one in runs]
     labels = column_labels([one.weights for one in runs])
     if args.save_dir:  # every file to save is planned before any image is evaluated
@@ -122,7 +124,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from ..report import ReportOptions, eval_report
 
         options = ReportOptions(args.scale, args.self_ensemble, args.tile, args.grey_as_rgb)
-        columns = list(zip(labels, [one.weights for one in runs], models, strict=True))
+        plain = [m for m in models if not isinstance(m, Runner)]  # all of them: fp32 with --report
+        columns = list(zip(labels, [one.weights for one in runs], plain, strict=True))
         out = eval_report(args.report, options, columns, results, collector)
         print(f"report: {out}", file=sys.stderr)
     return EXIT_ERROR if any(r.errors for _, r in results) else 0

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from ..errors import UsageError
 from ..models.blocks import Window, esa_window, use_kernels
-from .hardware import AUTOCAST, Precision
 from ..models.rep import fuse
+from .hardware import AUTOCAST, Precision
 from .info import BYTES_PER_PIXEL, describe
 from .kernels import ONEDNN, fused_ops_available
 

@@ -22,7 +22,6 @@ from .hardware import TOLERANCE, Precision
 from .info import OPENVINO_BYTES_PER_PIXEL, ModelInfo
 from .onnx import cached_export
 
-
 HINTS = {"fp32": "f32", "bf16": "bf16"}
 
 

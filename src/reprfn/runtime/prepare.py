@@ -189,11 +189,12 @@ def _prepared(model: nn.Module, key: tuple, make: Callable[[], Runner]) -> Runne
         _PREPARED[id(model)] = (model, runners)
         while len(_PREPARED) > PREPARED_MODELS:
             _PREPARED.popitem(last=False)
-        runner = runners.get((digest, *key))
+        full = (digest, *key)
+        runner = runners.get(full)
         if runner is None:
             for stale in [k for k in runners if k[0] != digest]:
                 del runners[stale]
-            runner = runners[(digest, *key)] = make()
+            runner = runners[full] = make()
         return runner
 
 
