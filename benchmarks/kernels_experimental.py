@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from reprfn.models.blocks import LRELU_SLOPE, Act, Kernels, Window, esa_window, use_kernels
+from reprfn.models.blocks import Act, Kernels, Window, activate, esa_window, use_kernels
 from reprfn.runtime.info import BYTES_PER_PIXEL, describe
 
 
@@ -50,12 +50,7 @@ def _winograd(x: Tensor, conv: nn.Conv2d) -> Tensor:
 
 
 def _conv_act(x: Tensor, conv: nn.Conv2d, act: Act) -> Tensor:
-    y = _winograd(x, conv)
-    if act == "lrelu":
-        return F.leaky_relu_(y, LRELU_SLOPE)
-    if act == "sigmoid":
-        return y.sigmoid_()
-    return y
+    return activate(_winograd(x, conv), act, inplace=True)
 
 
 def _conv_add(x: Tensor, other: Tensor, conv: nn.Conv2d) -> Tensor:

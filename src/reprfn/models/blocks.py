@@ -55,13 +55,17 @@ class Kernels:
     mul_: Callable[[Tensor, Tensor], Tensor]
 
 
-def _eager_conv_act(x: Tensor, conv: nn.Conv2d, act: Act) -> Tensor:
-    y = conv(x)
+def activate(y: Tensor, act: Act, *, inplace: bool = False) -> Tensor:
+    """LeakyReLU(0.05), sigmoid or nothing (``act``); in place where no autograd needs ``y``."""
     if act == "lrelu":
-        return F.leaky_relu(y, LRELU_SLOPE)
+        return F.leaky_relu_(y, LRELU_SLOPE) if inplace else F.leaky_relu(y, LRELU_SLOPE)
     if act == "sigmoid":
-        return y.sigmoid()
+        return y.sigmoid_() if inplace else y.sigmoid()
     return y
+
+
+def _eager_conv_act(x: Tensor, conv: nn.Conv2d, act: Act) -> Tensor:
+    return activate(conv(x), act)
 
 
 def _eager_conv_add(x: Tensor, other: Tensor, conv: nn.Conv2d) -> Tensor:
