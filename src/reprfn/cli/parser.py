@@ -10,7 +10,7 @@ from ..runtime.hardware import PRECISIONS
 from .commands import cmd_export, cmd_fuse, cmd_info, cmd_models, cmd_profile, cmd_serve, cmd_train, cmd_upscale
 from .evaluation import cmd_eval
 
-PRECISION_HELP = ("auto: bf16 on CPUs with AMX, fp16 on CUDA/MPS, else fp32. bf16 runs 3-4x faster than fp32 on "
+PRECISION_HELP = ("auto: bf16 on CPUs with AMX, fp16 on CUDA/MPS, else fp32. bf16 ran 3-5x faster than fp32 on "
                   "CPUs with AMX and costs about 0.01 dB (docs/performance.md); fp16 is for GPUs")
 
 
