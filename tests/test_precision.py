@@ -143,3 +143,9 @@ def test_gpu_code_path_runs_here(model):
         low = TorchEngine(model, "cpu", "bf16", channels_last=True)(x)
     assert (exact - want).abs().max().item() <= 1e-5 and exact.is_contiguous()
     assert low.dtype == torch.float32 and (low - want).abs().max().item() <= 5e-2
+
+
+def test_runners_of_a_model_made_under_inference_mode_are_kept_too(no_outside_engines):
+    with torch.inference_mode():  # its tensors keep no version counter: the weights are hashed instead
+        made = reprfn.load_model(bundled_weights(4))
+    assert prepare(made, "cpu", "fp32") is prepare(made, "cpu", "fp32")

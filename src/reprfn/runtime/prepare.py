@@ -21,7 +21,7 @@ The policy, in one place:
 
 A ``Runner`` is itself an ``Engine``: called with a tile's window it runs the exact engine,
 without one the whole-image engine. Runners are prepared once: ``prepare`` keeps them per model
-object, keyed by a digest of its weights, the device, precision and backend (and the engine
+object, keyed by the state of its weights, the device, precision and backend (and the engine
 variables), so calling ``reprfn.upscale(img, model=m)`` again reuses the opened engine.
 """
 
@@ -42,7 +42,7 @@ from ..models.blocks import Window
 from .engines import Engine, FusedCPUEngine, TorchEngine
 from .hardware import Precision, PrecisionChoice, resolve_precision
 from .info import BYTES_PER_PIXEL, OPENVINO_BYTES_PER_PIXEL, ModelInfo, describe
-from .onnx import DEFAULT_OPSET, model_digest, onnxruntime_available, open_onnx
+from .onnx import model_digest, onnxruntime_available, open_onnx
 from .openvino import open_openvino, openvino_available
 
 Backend = Literal["auto", "torch", "onnxruntime"]
@@ -179,12 +179,22 @@ _PREPARED: OrderedDict[int, tuple[nn.Module, dict[tuple, Runner]]] = OrderedDict
 _PREPARED_LOCK = threading.Lock()
 
 
+def weights_version(model: nn.Module) -> tuple[tuple[int, int], ...]:
+    """Where each weight lives and how often it was written: changes whenever a weight is
+    modified in place (``add_``, ``load_state_dict``) or replaced, at the cost of a tuple, not a
+    hash of every weight (which cost a few ms per ``reprfn.upscale`` call)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.is_inference() for t in tensors):  # made under inference_mode: no version counter to read
+        return ((hash(model_digest(model)), -1),)
+    return tuple((t.data_ptr(), t._version) for t in tensors)
+
+
 def _prepared(model: nn.Module, key: tuple, make: Callable[[], Runner]) -> Runner:
     """The runner of ``model`` for ``key`` (device, precision, backend, engine variables), made
-    once per weights digest: changed weights make a new one. The runners of the last
-    ``PREPARED_MODELS`` models are kept (least recently used first out); the model is held with
-    them, so its ``id`` stays its own while it is in the cache."""
-    digest = model_digest(model, DEFAULT_OPSET, False)
+    once per state of its weights (``weights_version``): changed weights make a new one. The
+    runners of the last ``PREPARED_MODELS`` models are kept (least recently used first out); the
+    model is held with them, so its ``id`` stays its own while it is in the cache."""
+    digest = weights_version(model)
     with _PREPARED_LOCK:
         _, runners = _PREPARED.pop(id(model), (model, {}))
         _PREPARED[id(model)] = (model, runners)
