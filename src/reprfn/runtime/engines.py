@@ -97,7 +97,10 @@ class FusedCPUEngine:
         info = describe(model)
         deploy = (model if info.form == "deploy" else fuse(model)).eval()
         self.dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-        self.model = copy.deepcopy(deploy).to(self.dtype) if self.dtype != torch.float32 else deploy
+        # our own copy in bf16: nothing trains it, so autograd never asks for the plain path
+        self.model = deploy
+        if self.dtype != torch.float32:
+            self.model = copy.deepcopy(deploy).to(self.dtype).requires_grad_(False)
         self.precision = precision
         self.kernels = ONEDNN if info.kernel_ops and fused_ops_available() else None
         self.exact_tiles = info.exact_tiles
