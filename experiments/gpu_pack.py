@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from reprfn.metrics import psnr
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT.parent / "shared" / "data" / "train"
 SET5 = ROOT.parent / "shared" / "data" / "benchmark" / "Set5" / "x4"
@@ -42,11 +44,6 @@ def _jpeg(arr: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, "JPEG", quality=quality, subsampling=0)
     return buf.getvalue()
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 10 * np.log10(255.0**2 / mse) if mse else float("inf")
 
 
 def pack(out: Path, budget_mb: float) -> tuple[int, float]:
