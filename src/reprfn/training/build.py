@@ -97,7 +97,8 @@ def batch_stream(pairs: Sequence[Pair], cfg: Config, dist: Dist, device: torch.d
             raise DataError(f"train.batch_size {t.batch_size} does not split over {dist.world} processes")
         patches = ResidentPatches(pairs, cfg.model.scale, t.patch_size, t.batch_size, cfg.seed, device)
         mine = slice(dist.rank * per_rank, (dist.rank + 1) * per_rank)
-        return ((lr[mine], hr[mine]) for lr, hr in map(patches.batch, range(start, t.iters)))
+        # every rank draws the global plan (a pure function of seed and iteration) and cuts its slice
+        return (patches.crop(*(part[mine] for part in patches.plan(it))) for it in range(start, t.iters))
     sampler = PatchSampler(pairs, cfg.model.scale, t.patch_size, t.batch_size, cfg.seed,
                            rank=dist.rank, world=dist.world)
     return iter(make_loader(sampler, start, t.iters, cfg.data.workers, device))
