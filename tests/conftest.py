@@ -12,12 +12,13 @@ def _seed():
 
 @pytest.fixture(autouse=True)
 def _auto_is_fp32_here(monkeypatch):
-    """``--precision auto`` is bf16 on CPUs with AMX and fp32 on others, and the machines that run
-    this suite differ: the suite holds the default path to the exact fp32 guarantee everywhere by
-    answering "no AMX"; tests/test_precision.py checks both answers (and bf16 itself)."""
+    """``--precision auto`` is bf16 on CPUs where it pays (AMX, or a measured gain) and fp32 on
+    others, and the machines that run this suite differ: the suite holds the default path to the
+    exact fp32 guarantee everywhere by answering "bf16 does not pay"; tests/test_precision.py
+    checks both answers (and bf16 itself)."""
     import reprfn.runtime.hardware as hardware
 
-    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_bf16_pays", lambda: False)
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,8 @@ against the float32 model on photo crops, tiles to 2 levels of the whole image."
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -33,15 +35,50 @@ def no_outside_engines(monkeypatch):
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):
-    monkeypatch.setattr(hw, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(hw, "cpu_bf16_pays", lambda: True)
     assert hw.resolve_precision("auto", torch.device("cpu")) == "bf16"
-    monkeypatch.setattr(hw, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(hw, "cpu_bf16_pays", lambda: False)
     assert hw.resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert hw.resolve_precision("auto", torch.device("cuda")) == "fp16"
     assert hw.resolve_precision("auto", torch.device("mps")) == "fp16"
     assert hw.resolve_precision("bf16", torch.device("cpu")) == "bf16"
     with pytest.raises(UsageError, match="precision 'fp8'"):
         hw.resolve_precision("fp8", torch.device("cpu"))
+
+
+def test_bf16_pays_with_amx_or_a_measured_gain(monkeypatch, tmp_path):
+    """AMX: bf16 without measuring; AVX512-BF16 alone: a conv measured once per CPU, torch and
+    thread count, remembered in the cache folder; no bf16 instructions: fp32, nothing measured."""
+    monkeypatch.undo()  # the suite's pin of cpu_bf16_pays (conftest) is what is tested here
+    monkeypatch.setenv("REPRFN_CACHE", str(tmp_path / "cache"))
+    measured: list[float] = []
+    gain = [3.0]
+
+    def fake_gain() -> float:
+        measured.append(gain[0])
+        return gain[0]
+
+    monkeypatch.setattr(hw, "conv_bf16_gain", fake_gain)
+    monkeypatch.setattr(hw, "cpu_has_amx", lambda: True)
+    assert hw.cpu_bf16_pays() and measured == []
+    monkeypatch.setattr(hw, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(hw, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert not hw.cpu_bf16_pays() and measured == []
+    monkeypatch.setattr(hw, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    assert hw.cpu_bf16_pays() and hw.cpu_bf16_pays() and measured == [3.0]  # measured once, then read
+    assert list(json.loads((tmp_path / "cache" / "bf16-gain.json").read_text()).values()) == [3.0]
+    monkeypatch.setenv("REPRFN_CACHE", str(tmp_path / "other"))
+    gain[0] = 1.2  # a CPU where bf16 convs barely pay: fp32 stays the default
+    assert not hw.cpu_bf16_pays() and measured == [3.0, 1.2]
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setenv("REPRFN_CACHE", str(blocked / "sub"))  # cannot be written: measured, not remembered
+    assert not hw.cpu_bf16_pays() and not hw.cpu_bf16_pays() and len(measured) == 4
+
+
+def test_conv_bf16_gain_is_a_measurement():
+    gain = hw.conv_bf16_gain(rounds=2)
+    assert 0.05 < gain < 50  # a ratio of two real timings, whatever this CPU is
 
 
 def test_cpu_flags_are_read_from_the_system():
@@ -128,9 +165,9 @@ def test_api_default_precision_is_auto(model, monkeypatch, no_outside_engines):
     fp32 = reprfn.upscale(img, model=model, tile=0, precision="fp32")
     bf16 = reprfn.upscale(img, model=model, tile=0, precision="bf16")
     assert np.abs(fp32.astype(int) - bf16).max() > 0
-    monkeypatch.setattr(hw, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(hw, "cpu_bf16_pays", lambda: False)
     assert np.array_equal(reprfn.upscale(img, model=model, tile=0), fp32)
-    monkeypatch.setattr(hw, "cpu_has_amx", lambda: True)
+    monkeypatch.setattr(hw, "cpu_bf16_pays", lambda: True)
     assert np.array_equal(reprfn.upscale(img, model=model, tile=0), bf16)
 
 

@@ -155,6 +155,18 @@ def test_cli_profile_writes_json(tmp_path, capsys):
     assert 0.2 < r["peak_memory_mb"] < 4000 and r["peak_memory_mb"] == r["memory"]["peak_memory_mb"]
     assert 0 < r["runtime_ms"] == r["runtime"]["median_ms"] < 60_000
     assert 0 < r["runtime_default_path"]["median_ms"] < 60_000
+    assert r["runtime_default_path"]["precision"] == "fp32"  # the protocol's default
+
+
+def test_cli_profile_runtime_precision(tmp_path, capsys):
+    """``--precision bf16`` times the bf16 upscale path (its engine named), the counts stay fp32's."""
+    out = tmp_path / "p.json"
+    assert main(["profile", "reprfn", "--input", "3x24x32", "--runtime", "--runs", "1", "--warmup", "0",
+                 "--no-memory", "--precision", "bf16", "--json", str(out)]) == 0
+    assert "bf16" in capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["runtime_default_path"]["precision"] == "bf16" and "bf16" in r["runtime_default_path"]["path"]
+    assert r["macs"] == count(build("reprfn", form="deploy"), "3x24x32").macs
 
 
 def test_cli_profile_train_form_and_errors(tmp_path, capsys):

@@ -44,7 +44,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 from torch import nn
@@ -53,6 +53,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .errors import UsageError
 from .models import SRModel
 from .models.rep import RepBlock
+
+if TYPE_CHECKING:
+    from .runtime.hardware import PrecisionChoice
 
 COUNTER = "NTIRE ESR model_summary.py conventions: conv MACs without bias + ReLU-family output elements"
 RELU_FAMILY = {"relu", "relu_", "leaky_relu", "leaky_relu_", "_prelu_kernel", "prelu", "elu", "elu_",
@@ -319,8 +322,13 @@ def runtime(model: Callable[[torch.Tensor], torch.Tensor], input_shape: str | tu
 
 def profile_model(model: SRModel, input_shape: str | tuple[int, ...] = (3, 180, 320), *,
                   device: str | torch.device = "cpu", memory: bool = True, timing: bool = False,
-                  runs: int = 10, warmup: int = 2) -> dict[str, Any]:
-    """The report of ``reprfn profile`` as a dict (the ``--json`` content)."""
+                  runs: int = 10, warmup: int = 2, precision: PrecisionChoice = "fp32") -> dict[str, Any]:
+    """The report of ``reprfn profile`` as a dict (the ``--json`` content).
+
+    The counts and memory are of the model as it is, in fp32; ``precision`` is the one the default
+    upscale path is timed in (``--runtime``), beside the eager fp32 model: what ``reprfn upscale
+    --precision`` would run.
+    """
     c = count(model, input_shape)
     report: dict[str, Any] = {
         "arch": getattr(model, "arch", type(model).__name__),
@@ -352,12 +360,13 @@ def profile_model(model: SRModel, input_shape: str | tuple[int, ...] = (3, 180, 
         eager = runtime(model, input_shape, device=device, runs=runs, warmup=warmup)
         report["runtime_ms"] = eager["median_ms"]
         report["runtime"] = eager
-        if torch.device(device).type == "cpu":
-            from .runtime.prepare import prepare
+        from .runtime.hardware import resolve_precision
+        from .runtime.prepare import prepare
 
-            runner = prepare(model, device)
-            report["runtime_default_path"] = {**runtime(runner, input_shape, device=device, runs=runs,
-                                                        warmup=warmup), "path": runner.describe()}
+        dev = torch.device(device)
+        runner = prepare(model, dev, precision)
+        report["runtime_default_path"] = {**runtime(runner, input_shape, device=device, runs=runs, warmup=warmup),
+                                          "path": runner.describe(), "precision": resolve_precision(precision, dev)}
     return report
 
 
@@ -397,8 +406,8 @@ def format_report(r: dict[str, Any]) -> str:
                      f"{rt['threads']} threads, {rt['device']})")
         if "runtime_default_path" in r:
             d = r["runtime_default_path"]
-            lines.append(f"                {d['median_ms']:.1f} ms default upscale path ({d['path']}): "
-                         f"{rt['median_ms'] / d['median_ms']:.2f}x")
+            lines.append(f"                {d['median_ms']:.1f} ms default upscale path, {d['precision']} "
+                         f"({d['path']}): {rt['median_ms'] / d['median_ms']:.2f}x")
     return "\n".join(lines)
 
 

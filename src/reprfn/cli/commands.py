@@ -202,7 +202,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     shape = parse_input(args.input)
     model = _profile_target(args)
     report = profile_model(model, shape, device=device, memory=not args.no_memory, timing=args.runtime,
-                           runs=args.runs, warmup=args.warmup)
+                           runs=args.runs, warmup=args.warmup, precision=args.precision)
     report["source"] = args.model
     print(format_report(report))
     if args.json:

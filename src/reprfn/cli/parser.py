@@ -10,8 +10,9 @@ from ..runtime.hardware import PRECISIONS
 from .commands import cmd_export, cmd_fuse, cmd_info, cmd_models, cmd_profile, cmd_serve, cmd_train, cmd_upscale
 from .evaluation import cmd_eval
 
-PRECISION_HELP = ("auto: bf16 on CPUs with AMX, fp16 on CUDA/MPS, else fp32. bf16 ran 3-5x faster than fp32 on "
-                  "CPUs with AMX and costs about 0.01 dB (docs/performance.md); fp16 is for GPUs")
+PRECISION_HELP = ("auto: bf16 on CPUs where it pays (AMX, or AVX512-BF16 with a measured gain), fp16 on CUDA/MPS, "
+                  "else fp32. bf16 ran 3-4x faster than fp32 on CPUs with AMX and costs about 0.01 dB "
+                  "(docs/performance.md); fp16 is for GPUs")
 
 
 def _add_load_flags(p: argparse.ArgumentParser) -> None:
@@ -126,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=10, help="timed runs for --runtime (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="the precision --runtime times the default upscale path in, beside the eager fp32 model "
+                        "(default fp32; auto: what upscale picks on this machine; counts are always fp32)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON")
     _add_load_flags(p)
