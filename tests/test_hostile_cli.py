@@ -212,3 +212,21 @@ def test_ctrl_c_during_a_write_leaves_no_temporary_file(tmp_path, images, capsys
     assert code == 130 and capsys.readouterr().err.strip() == "reprfn: interrupted"
     assert len(seen) == 1 and seen[0].parent == out and seen[0].name.startswith(".a.png.")
     assert list(out.iterdir()) == []
+
+
+def test_an_internal_error_is_one_line_and_exit_2(capsys, monkeypatch):
+    """A bug (not a user's mistake) still ends in one line on stderr, whatever its message holds."""
+    import argparse
+
+    from reprfn.cli.status import run
+
+    def broken(args: argparse.Namespace) -> int:
+        raise RuntimeError("first line\nsecond line\n  detail")
+
+    monkeypatch.delenv("REPRFN_DEBUG", raising=False)
+    assert run(broken, argparse.Namespace()) == 2
+    err = capsys.readouterr().err
+    assert err == "reprfn: internal error: RuntimeError: first line (set REPRFN_DEBUG=1 for a traceback)\n"
+    monkeypatch.setenv("REPRFN_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="second line"):
+        run(broken, argparse.Namespace())

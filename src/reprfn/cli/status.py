@@ -32,7 +32,6 @@ def run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> 
     except Exception as exc:  # a bug: still one line, unless asked for the traceback
         if os.environ.get("REPRFN_DEBUG"):
             raise
-        print(f"reprfn: internal error: {type(exc).__name__}: {exc} (set REPRFN_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(f"reprfn: {user_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
 
