@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from kernels_experimental import WINOGRAD, KernelSetEngine, winograd_available
@@ -59,9 +60,32 @@ BASELINE = "authors' deploy structure, eager NCHW"
 
 
 def photo(h: int, w: int) -> torch.Tensor:
+    """The sample photo at h x w, on 8-bit levels (as a photo is): its uint8 array is the same image."""
     img = to_tensor(read_image(sample_image()))
     img = F.interpolate(img, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
-    return img.clamp(0, 1).contiguous()
+    return img.clamp(0, 1).mul(255).round().div(255).contiguous()
+
+
+class OnArrays:
+    """``reprfn.upscale`` given the uint8 HxWx3 array of an image, as a user's photo is given (what
+    ``reprfn upscale`` runs): the array is made once per input, outside the timed call; the timed
+    call returns the uint8 array (``as_tensor`` turns it back for the differences)."""
+
+    def __init__(self, **kw) -> None:
+        self.kw = kw
+        self.last: tuple[torch.Tensor, np.ndarray] | None = None  # the input given last, and its array
+
+    def __call__(self, t: torch.Tensor) -> np.ndarray:
+        if self.last is None or self.last[0] is not t:
+            self.last = (t, t[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).contiguous().numpy())
+        return reprfn.upscale(self.last[1], **self.kw)
+
+
+def as_tensor(y) -> torch.Tensor:
+    """A variant's output as a float (1, C, H, W) tensor in [0, 1] (uint8 arrays from ``OnArrays``)."""
+    if isinstance(y, torch.Tensor):
+        return y
+    return torch.from_numpy(y).permute(2, 0, 1)[None].float().div(255)
 
 
 def conv_rate(h: int, w: int, rounds: int) -> dict[str, float]:
@@ -158,6 +182,10 @@ def variants(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) 
         lambda t: reprfn.upscale(t, model=model, tile=0, device="cpu"), "same" if auto == "fp32" else "bf16")
     out["reprfn.upscale(tensor, model=m, precision='fp32')"] = (
         lambda t: reprfn.upscale(t, model=model, tile=0, device="cpu", precision="fp32"), "same")
+    out[f"**reprfn.upscale(uint8 array, model=m)**, default precision ({auto}), tile auto"] = (
+        OnArrays(model=model, device="cpu"), "same" if auto == "fp32" else "bf16")
+    out["reprfn.upscale(uint8 array, model=m, precision='fp32'), tile auto"] = (
+        OnArrays(model=model, device="cpu", precision="fp32"), "same")
     if args.compile:
         fn, secs = compiled(model, x)
         out[f"torch.compile inductor + freezing (built in {secs:.0f} s)"] = (fn, "same")
@@ -196,7 +224,7 @@ def mean_psnr_y(fn: Callable[[torch.Tensor], torch.Tensor], folder: Path) -> flo
         hr, lr = read_image(hr_path), read_image(folder / "LR" / hr_path.name)
         x = to_tensor(lr if lr.ndim == 3 else lr[..., None].repeat(3, 2))
         with torch.inference_mode():
-            sr = fn(x).clamp(0, 1).mul(255).round().byte()[0].permute(1, 2, 0).numpy()
+            sr = as_tensor(fn(x)).clamp(0, 1).mul(255).round().byte()[0].permute(1, 2, 0).numpy()
         ref = hr if hr.ndim == 3 else hr[..., None].repeat(3, 2)
         scores.append(psnr(sr, ref, crop_border=4, test_y_channel=True))
     return sum(scores) / len(scores)
@@ -221,8 +249,8 @@ def run_size(model, h: int, w: int, args) -> dict:
         diffs = {}
         for name, (fn, kind) in fns.items():
             if kind in ("same", "bf16"):
-                y = fn(x)
-                diffs[name] = ((y - ref).abs().max().item(),
+                y = as_tensor(fn(x))
+                diffs[name] = ((y.clamp(0, 1) - ref.clamp(0, 1)).abs().max().item(),  # the API's outputs are clamped
                                (y.clamp(0, 1).mul(255).round() - ref.clamp(0, 1).mul(255).round()).abs().max().item())
     losses = dpsnr(fns) if args.dpsnr else {}
     rates = conv_rate(h, w, args.rounds)

@@ -60,6 +60,24 @@ def test_fused_engine_equals_the_fused_model(model):
         assert _diff(FusedCPUEngine(model)(x), model(x)) <= TOL
 
 
+def test_an_image_seen_from_numpy_runs_with_canonical_strides(model):
+    """``permute(2, 0, 1)[None]`` of an HxWx3 array is channels-last with a batch stride of 3,
+    which oneDNN ran about 3x slower: the engines restate it (free: a size-1 dimension's stride
+    addresses nothing) and the output is the one of the packed tensor, bit for bit."""
+    from reprfn.runtime.engines import channels_last
+
+    hwc = image_batch(1, 40, 52)[0].permute(1, 2, 0).contiguous().numpy()
+    view = torch.from_numpy(hwc).permute(2, 0, 1)[None]
+    assert view.stride() == (3, 1, 52 * 3, 3) and view.is_contiguous(memory_format=torch.channels_last)
+    fixed = channels_last(view)
+    assert fixed.stride() == (3 * 40 * 52, 1, 52 * 3, 3) and fixed.data_ptr() == view.data_ptr()
+    packed = view.contiguous()
+    with torch.inference_mode():
+        for engine in (FusedCPUEngine(model), FusedCPUEngine(model, "bf16"),
+                       TorchEngine(model, "cpu", "fp32", channels_last=True)):
+            assert torch.equal(engine(view), engine(packed)), engine.name
+
+
 def test_winograd_kernel_set_equals_the_fused_model(model):
     """The experimental set of benchmarks/speed.py runs the same forward with other kernels."""
     kx = _experimental()
