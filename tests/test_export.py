@@ -315,5 +315,6 @@ def test_cli_export_refuses_an_unknown_suffix(tmp_path: Path, capsys: pytest.Cap
 
     assert main(["export", "-s", "2", "-o", str(tmp_path / "model.txt")]) == 2
     err = capsys.readouterr().err
-    assert err == f"reprfn: error: {tmp_path / 'model.txt'}: name the output .onnx (ONNX) or .pt / .ts (TorchScript)\n"
+    assert err == (f"reprfn: error: {tmp_path / 'model.txt'}: "
+                   "name the output .onnx (ONNX), .pt / .ts (TorchScript) or .param (ncnn)\n")
     assert list(tmp_path.iterdir()) == []

@@ -19,7 +19,8 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -300,6 +301,15 @@ def verify_standalone(path: str | os.PathLike, *, size: tuple[int, int] = (23, 1
 # ----------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def quiet_jit() -> Iterator[None]:
+    """Silence torch.jit's own deprecation warnings: it is deprecated in recent torch but works, and
+    tracing is chosen on purpose (docs/export.md); the ncnn export traces too."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+        yield
+
+
 def export_torchscript(model: SRModel, path: str | os.PathLike, *, check: bool = True) -> Path:
     """Trace the fused model (float32, CPU) and save it with ``torch.jit.save``, atomically.
 
@@ -311,9 +321,7 @@ def export_torchscript(model: SRModel, path: str | os.PathLike, *, check: bool =
     path = Path(path)
     fused = fuse(model).to("cpu", torch.float32)
     example = image_batch(1, *TRACE_SIZE, in_channels=fused.in_channels)
-    with warnings.catch_warnings():
-        # torch.jit is deprecated in recent torch but works; chosen on purpose (docs/export.md)
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=DeprecationWarning)
+    with quiet_jit():
         with torch.no_grad():
             traced = torch.jit.trace(fused, example)
         with atomic_path(path) as tmp:

@@ -159,18 +159,40 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     return EXIT_ERROR if errors else 0
 
 
+EXPORT_SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
+                   ".param": "ncnn"}
+
+
+def export_format(out: Path, requested: str = "auto") -> str:
+    """The format ``reprfn export`` writes: ``--format``, else the suffix of ``-o``; the two must agree
+    (ncnn also takes a bare NAME: it writes NAME.param + NAME.bin)."""
+    guessed = EXPORT_SUFFIXES.get(out.suffix.lower())
+    if requested == "auto":
+        if guessed is None:
+            raise UsageError(f"{out}: name the output .onnx (ONNX), .pt / .ts (TorchScript) or .param (ncnn)")
+        return guessed
+    if guessed != requested and not (requested == "ncnn" and guessed is None):
+        wanted = {"onnx": "NAME.onnx", "torchscript": "NAME.pt or NAME.ts", "ncnn": "NAME or NAME.param"}[requested]
+        raise UsageError(f"{out}: --format {requested} writes {wanted}")
+    return requested
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ..api import resolve_model
     from ..export import export_onnx, export_torchscript
 
-    model = resolve_model(args.weights, args.scale, torch.device("cpu"))
     out = Path(args.output)
-    if out.suffix.lower() in (".pt", ".ts", ".torchscript"):
+    fmt = export_format(out, args.format)
+    model = resolve_model(args.weights, args.scale, torch.device("cpu"))
+    if fmt == "ncnn":
+        from ..export_ncnn import export_ncnn
+
+        print(export_ncnn(model, out, fp16=args.fp16).summary())
+        return 0
+    if fmt == "torchscript":
         export_torchscript(model, out)
         print(f"{out}: TorchScript, {model.arch} x{model.scale}, fused")
         return 0
-    if out.suffix.lower() != ".onnx":
-        raise UsageError(f"{out}: name the output .onnx (ONNX) or .pt / .ts (TorchScript)")
     report = export_onnx(model, out, opset=args.opset, fp16=args.fp16)
     print(report.summary())
     return 0

@@ -97,13 +97,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_upscale)
 
-    p = sub.add_parser("export", help="export the fused model to ONNX (checked against PyTorch) or TorchScript")
+    p = sub.add_parser("export", help="export the fused model to ONNX or ncnn (checked against PyTorch) or TorchScript")
     p.add_argument("-w", "--weights", help="checkpoint in any supported layout or a model name (reprfn models; "
                                            "default: the bundled model)")
     p.add_argument("-s", "--scale", type=int, choices=(2, 3, 4), help="scale of the bundled model (default 4)")
-    p.add_argument("-o", "--output", required=True, help="model.onnx, or model.pt for TorchScript")
+    p.add_argument("-o", "--output", required=True,
+                   help="model.onnx, model.pt for TorchScript, or NAME / NAME.param for ncnn (NAME.param + NAME.bin)")
+    p.add_argument("--format", choices=("auto", "onnx", "torchscript", "ncnn"), default="auto",
+                   help="output format (auto: from the suffix of -o)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--fp16", action="store_true", help="float16 weights and compute, float32 input/output")
+    p.add_argument("--fp16", action="store_true", help="float16 weights and compute, float32 input/output "
+                                                        "(ncnn: float16 weights in the .bin)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("train", help="train a model from folders of HR images (see configs/)")
