@@ -142,6 +142,21 @@ def test_atomic_path_errors_name_the_final_path(tmp_path):
     assert _hidden(tmp_path) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["target"]
 
 
+def test_atomic_path_names_the_final_path_when_no_temporary_can_be_made(tmp_path, monkeypatch):
+    """A folder that takes no new file (a read-only or virtual file system, e.g. /proc as root):
+    the error names the file asked for, not mkstemp's random attempt."""
+    import errno
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / ".x.json.abc123.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError) as info, atomic_path(tmp_path / "x.json") as tmp:
+        tmp.write_text("{}")
+    assert info.value.filename == str(tmp_path / "x.json") and "abc123" not in str(info.value)
+
+
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, SystemExit, RuntimeError])
 def test_atomic_path_removes_its_temporary_on_any_exception(tmp_path, exc):
     target = tmp_path / "r.json"

@@ -29,7 +29,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as exc:  # its message names a random temporary name, not the file asked for
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
         os.close(fd)
         umask = os.umask(0)
         os.umask(umask)
