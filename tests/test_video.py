@@ -26,6 +26,9 @@ av = pytest.importorskip("av")
 from reprfn.video.colour import guess_matrix  # noqa: E402 - imports PyAV
 
 LOSSLESS = {"codec": "libx264rgb", "crf": 0}  # RGB H.264 at crf 0: every pixel as given
+ASS_HEADER = (b"[Script Info]\nScriptType: v4.00+\n\n[V4+ Styles]\nFormat: Name, Fontname, Fontsize\n"
+              b"Style: Default,Arial,16\n\n[Events]\nFormat: Layer, Start, End, Style, Name, MarginL, MarginR, "
+              b"MarginV, Effect, Text\n")
 
 
 class Nearest(nn.Module):
@@ -64,9 +67,10 @@ def frames_rgb(n: int, size: tuple[int, int] = (24, 32)) -> list[np.ndarray]:
 def make_video(path: Path, n: int = 6, *, size: tuple[int, int] = (24, 32), rate: int = 25,
                pts: list[int] | None = None, time_base: Fraction | None = None, codec: str = "libx264",
                pix_fmt: str = "yuv420p", matrix: str | None = None, full: bool = False, rotation: int | None = None,
-               audio: str | None = None, crf: int | None = None) -> list[np.ndarray]:
+               audio: str | None = None, subtitle: str | None = None, crf: int | None = None) -> list[np.ndarray]:
     """Write a clip; return the RGB frames it was made from. ``matrix``: tag and convert with
-    "ITU709"/"ITU601" (None: untagged); ``audio``: an audio encoder for a 0.5 s tone."""
+    "ITU709"/"ITU601" (None: untagged); ``audio``: an audio encoder for a 0.5 s tone;
+    ``subtitle``: a text subtitle encoder (subrip, mov_text) for two cues."""
     rgb = frames_rgb(n, size)
     fmt = {".mkv": "matroska", ".mp4": "mp4", ".mov": "mov", ".webm": "webm"}.get(path.suffix)
     with av.open(str(path), "w", format=fmt) as out:
@@ -82,10 +86,15 @@ def make_video(path: Path, n: int = 6, *, size: tuple[int, int] = (24, 32), rate
         v.codec_context.color_range = 2 if full else 1
         if rotation is not None:
             v.set_display_rotation(rotation)
-        a = None
+        a = sub = None
         if audio:
             a = out.add_stream(audio, rate=8000)
             a.layout = "mono"
+        if subtitle:
+            sub = out.add_stream(subtitle)
+            sub.codec_context.time_base = Fraction(1, 1000)
+            sub.codec_context.subtitle_header = ASS_HEADER
+            sub.metadata["language"] = "fra"
         for i, arr in enumerate(rgb):
             frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
             if not av.VideoFormat(pix_fmt).is_rgb:
@@ -107,6 +116,16 @@ def make_video(path: Path, n: int = 6, *, size: tuple[int, int] = (24, 32), rate
                 af.sample_rate, af.pts = 8000, start
                 out.mux(a.encode(af))
             out.mux(a.encode(None))
+        if sub is not None:
+            from av.subtitles.subtitle import SubtitleSet
+
+            for k, t in enumerate((0, 120)):
+                packet = sub.codec_context.encode_subtitle(SubtitleSet.create(f"{k},0,Default,,0,0,0,,Cue {k}".encode(),
+                                                                              0, 80, pts=t))
+                packet.stream, packet.time_base = sub, Fraction(1, 1000)
+                packet.pts = packet.dts = t
+                packet.duration = 80
+                out.mux(packet)
     return rgb
 
 
@@ -116,10 +135,16 @@ def probe(path: Path) -> dict:
         v = c.streams.video[0]
         info = {"time_base": v.time_base, "rate": v.average_rate, "declared": v.frames,
                 "duration": v.duration * v.time_base if v.duration else None, "audio": [], "times": [],
-                "rgb": [], "rotation": None, "tags": None, "format": None}
+                "rgb": [], "rotation": None, "tags": None, "format": None, "subtitles": []}
         audio = c.streams.audio[0] if c.streams.audio else None
-        for packet in c.demux(*(s for s in (v, audio) if s is not None)):
+        subs = c.streams.subtitles[0] if c.streams.subtitles else None
+        if subs is not None:
+            info["subtitle_language"] = subs.metadata.get("language")
+        for packet in c.demux(*(s for s in (v, audio, subs) if s is not None)):
             if packet.size == 0:
+                continue
+            if packet.stream is subs:
+                info["subtitles"].append((packet.pts * packet.time_base, bytes(packet)))
                 continue
             if packet.stream is audio:
                 info["audio"].append((packet.pts * packet.time_base, bytes(packet)))
@@ -163,6 +188,17 @@ def test_frames_timestamps_and_audio_are_kept(tmp_path, tiny):
     assert b["rgb"][0].shape == (48, 64, 3)
     assert len(b["audio"]) == len(a["audio"]) > 3
     assert b["audio"] == a["audio"]  # every packet: same time, same bytes
+
+
+def test_subtitles_are_copied(tmp_path):
+    src, dst = tmp_path / "s.mkv", tmp_path / "s_x2.mkv"
+    make_video(src, 6, audio="aac", subtitle="subrip")
+    reprfn.upscale_video(src, dst, scale=2, model=Nearest())
+    a, b = probe(src), probe(dst)
+    assert len(a["subtitles"]) == 2 and b["subtitles"] == a["subtitles"] and b["subtitle_language"] == "fra"
+    assert b["audio"] == a["audio"] and b["times"] == a["times"]
+    with pytest.raises(VideoError, match=r"subtitle stream #2 \(subrip\) cannot be copied into a \.mp4 file"):
+        reprfn.upscale_video(src, tmp_path / "s_x2.mp4", scale=2, model=Nearest())
 
 
 def test_variable_frame_rate_is_kept(tmp_path, tiny):
@@ -255,13 +291,13 @@ def test_cli_single_video_and_mixed_folder(tmp_path, weights, capsys):
 @pytest.mark.parametrize("damage", ["cut_mp4", "cut_mkv", "junk"])
 def test_corrupt_or_truncated_video_is_one_line(tmp_path, weights, capsys, damage):
     good = tmp_path / ("g.mkv" if damage == "cut_mkv" else "g.mp4")
-    make_video(good, 10)
+    make_video(good, 15, rate=10, audio="aac")  # 1.5 s
     if damage == "cut_mp4":  # the index at the front (as reprfn writes), the frames cut off
         reprfn.upscale_video(good, tmp_path / "fs.mp4", scale=2, model=Nearest())
         data = (tmp_path / "fs.mp4").read_bytes()
         data = data[: int(len(data) * 0.8)]
     elif damage == "cut_mkv":
-        data = good.read_bytes()[: int(good.stat().st_size * 0.8)]
+        data = good.read_bytes()[: int(good.stat().st_size * 0.6)]
     else:
         data = good.read_bytes()[:100] + bytes(range(256)) * 20
     bad = tmp_path / f"bad{good.suffix}"

@@ -109,18 +109,29 @@ class Encoder:
 
 @dataclass
 class Counts:
-    """What was read: video packets and frames, and the latest end time of any packet (seconds)."""
+    """What was read: video packets and frames, and the latest end time of any packet (seconds).
 
-    interval: Fraction  # one frame at the video's rate: the length of a packet that does not say its own
+    A packet that does not state its duration (Matroska's audio blocks often do not) is taken to
+    last as long as the gap from the previous packet of its stream (one frame at the video's rate
+    for the first), so that a complete file is never taken for a cut one."""
+
+    interval: Fraction  # one frame at the video's rate
     packets: int = 0
     frames: int = 0
     end: Fraction = Fraction(0)
+    first: Fraction | None = None  # the earliest start (before 0 with an audio encoder's delay)
+    last: dict[int, tuple[Fraction, Fraction]] = field(default_factory=dict)  # stream -> (start, gap)
 
     def packet(self, packet: av.Packet, video: bool) -> None:
         self.packets += video
-        if packet.pts is not None and packet.time_base:
-            length = packet.duration * packet.time_base if packet.duration else self.interval if video else 0
-            self.end = max(self.end, packet.pts * packet.time_base + length)
+        if packet.pts is None or not packet.time_base:
+            return
+        start = packet.pts * packet.time_base
+        before, gap = self.last.get(packet.stream.index, (None, self.interval))
+        gap = start - before if before is not None and start > before else gap
+        self.last[packet.stream.index] = (start, gap)
+        self.first = start if self.first is None else min(self.first, start)
+        self.end = max(self.end, start + (packet.duration * packet.time_base if packet.duration else gap))
 
 
 def transcode(src: Path, tmp: Path, dst: Path, container: str, codec: str, pix_fmt: str, crf: int, scale: int,
@@ -176,9 +187,10 @@ def _run(inp: InputContainer, vin: av.VideoStream, mapped: dict[int, av.stream.S
 
 def _check_complete(inp: InputContainer, vin: av.VideoStream, counts: Counts, src: Path) -> None:
     """Refuse an input that decoded without error but is shorter than its header says (a cut
-    file): fewer video packets than an MP4 counts, or packets that end before a Matroska or MP4
-    duration by more than half a frame (the header's rounding is a millisecond). Without this a
-    truncated file would give a shorter video and exit status 0."""
+    file): fewer video packets than an MP4 counts, or packets that cover less than a Matroska or
+    MP4 duration by more than half a second (leeway for durations estimated, or counted from an
+    audio encoder's delay). Without this a truncated file would give a shorter video and exit
+    status 0."""
     if counts.frames == 0:
         raise VideoError(f"{src}: no frame of its video could be decoded (corrupt or truncated); nothing written")
     if vin.frames and counts.packets < vin.frames:
@@ -186,8 +198,8 @@ def _check_complete(inp: InputContainer, vin: av.VideoStream, counts: Counts, sr
                          "counts are in the file; nothing written")
     if inp.format.name in EXACT_DURATION and inp.duration:
         start = Fraction(inp.start_time or 0, av.time_base)
-        stated = Fraction(inp.duration, av.time_base) + start
-        slack = max(counts.interval / 2, Fraction(5, 1000))
-        if counts.end < stated - slack:
-            raise VideoError(f"{src}: truncated: its packets end at {float(counts.end):.2f} s, but its header "
+        stated = Fraction(inp.duration, av.time_base)
+        covered = counts.end - min(start, start if counts.first is None else counts.first)
+        if covered < stated - max(2 * counts.interval, Fraction(1, 2)):
+            raise VideoError(f"{src}: truncated: its packets cover {float(covered):.2f} s, but its header "
                              f"says {float(stated):.2f} s; nothing written")

@@ -82,7 +82,7 @@ def copied_streams(inp: InputContainer) -> list[av.stream.Stream]:
 def check_copies(copies: list[av.stream.Stream], out: OutputContainer, src: Path, dst: Path) -> None:
     """Refuse, before any work, a stream ``dst``'s container cannot hold (Vorbis in MP4, SubRip in MP4)."""
     for s in copies:
-        name = s.codec_context.name if s.codec_context is not None else "unknown"
+        name = s.codec_context.codec.canonical_name if s.codec_context is not None else "unknown"
         if name not in out.supported_codecs:
             hint = src.suffix.lower() if src.suffix.lower() in (".mkv", ".mp4", ".mov") else ".mkv"
             raise VideoError(f"{src}: its {s.type} stream #{s.index} ({name}) cannot be copied into a "
