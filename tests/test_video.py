@@ -400,7 +400,7 @@ def test_output_names_are_checked_before_work(tmp_path, weights, capsys):
         (["-i", str(tmp_path / "p.png"), "-o", str(tmp_path / "o.mp4")], "but the input is an image"),
         (["-i", str(tmp_path / "a.mp4"), str(tmp_path / "p.png"), "-o", str(tmp_path / "o.mp4")], "several files"),
         (["-i", str(tmp_path / "a.mp4"), "-o", str(tmp_path / "o.mp4"), "--codec", "nope"], "--codec nope"),
-        (["-i", str(tmp_path / "a.mp4"), "-o", str(tmp_path / "o.mp4"), "--crf", "99"], "crf must be"),
+        (["-i", str(tmp_path / "a.mp4"), "-o", str(tmp_path / "o.mp4"), "--crf", "99"], "--crf must be"),
     ]:
         code, err = cli([*args, "-w", str(weights)], capsys)
         assert code == 2 and len(err) == 1 and words in err[0], (args, err)

@@ -119,7 +119,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..api import check_pad, check_tile, collect_inputs, is_video, upscale_file
-    from ..video import upscale_video
+    from ..video import check_crf, upscale_video
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = device_from_name(args.device)
@@ -128,6 +128,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     files, errors = collect_inputs(args.inputs, args.recursive)
     try:  # on the full list, before sharding: every torchrun rank refuses the same batches
         tile, pad = check_tile(args.tile, "--tile"), check_pad(args.tile_pad, "--tile-pad")
+        if any(is_video(src) for src in files):
+            check_crf(args.crf, "--crf")
         plan = _upscale_plan(args, files)[rank::world]  # torchrun: each rank takes every world-th file
     except UsageError:
         if rank:

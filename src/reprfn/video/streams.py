@@ -24,7 +24,6 @@ from .colour import Colour
 CRF_CODECS = ("libx264", "libx264rgb", "libx265", "libvpx", "libvpx-vp9", "libsvtav1", "libaom-av1")
 # If the default is missing from the FFmpeg PyAV was built with: H.264 by another encoder, else MPEG-4.
 FALLBACKS = ("libx264", "libopenh264", "mpeg4")
-MAX_CRF = 63  # the largest any of CRF_CODECS takes (x264: 51; VP9 and AV1: 63), checked by the encoder
 STREAM_TAGS = ("language", "title", "handler_name")  # per-stream metadata worth keeping; not stale statistics
 DROPPED_TAGS = ("major_brand", "minor_version", "compatible_brands", "encoder")  # the new file's own
 
@@ -120,12 +119,6 @@ def output_pix_fmt(codec: str, pix_fmt: str | None) -> str:
     if formats and pix_fmt not in formats:
         raise UsageError(f"pix_fmt {pix_fmt!r}: {codec} takes {', '.join(formats)}")
     return pix_fmt
-
-
-def check_crf(crf: object) -> int:
-    if not isinstance(crf, int) or isinstance(crf, bool) or not 0 <= crf <= MAX_CRF:
-        raise UsageError(f"crf must be a whole number from 0 (lossless with x264) to {MAX_CRF}, got {crf!r}")
-    return crf
 
 
 def frame_rate(stream: av.VideoStream) -> Fraction:

@@ -24,6 +24,14 @@ if TYPE_CHECKING:
     from ..api import ModelLike
 
 INSTALL = 'pip install "reprfn[video]"'
+MAX_CRF = 63  # the largest any codec with a crf takes (x264: 51; VP9 and AV1: 63), checked by the encoder
+
+
+def check_crf(crf: object, name: str = "crf") -> int:
+    """A whole number in 0..63 (PyAV not needed: the command line checks it before the batch)."""
+    if not isinstance(crf, int) or isinstance(crf, bool) or not 0 <= crf <= MAX_CRF:
+        raise UsageError(f"{name} must be a whole number from 0 (lossless with x264) to {MAX_CRF}, got {crf!r}")
+    return crf
 
 
 def require_av() -> ModuleType:
@@ -66,7 +74,7 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, scale: int | N
     tile, pad = check_tile(tile), check_pad(pad)
     require_av()
     from .pipeline import transcode
-    from .streams import check_crf, output_pix_fmt, pick_codec
+    from .streams import output_pix_fmt, pick_codec
 
     check_crf(crf)
     refuse_collisions([(src, dst)])
