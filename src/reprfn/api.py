@@ -29,6 +29,7 @@ from .runtime.info import describe
 from .runtime.memory import DEFAULT_PAD, auto_tile
 from .runtime.prepare import Backend, Runner, as_runner, prepare
 from .runtime.run import run, run_pixels
+from .video.paths import VIDEO_SUFFIXES, is_video, video_file_output, video_output_path
 
 ModelLike: TypeAlias = str | os.PathLike | nn.Module | Runner | None
 
@@ -241,7 +242,7 @@ def upscale_file(model: nn.Module | Runner, src: str | os.PathLike, dst: str | o
 # ----------------------------------------------------------------------------------------------
 
 def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path], list[str]]:
-    """Files, folders (their images; ``recursive`` descends) and globs -> sorted unique files,
+    """Files, folders (their images and videos; ``recursive`` descends) and globs -> sorted unique files,
     plus one-line messages for inputs that match nothing."""
     import glob
 
@@ -251,7 +252,8 @@ def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Pat
         path = Path(item)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
-            found = [p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            found = [p for p in path.glob(pattern)
+                     if p.is_file() and p.suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)]
             if not found:
                 hint = "" if recursive else " (--recursive looks deeper)"
                 errors.append(f"{path}: no images in this folder{hint}")
@@ -286,19 +288,26 @@ def _image_extensions() -> set[str]:
     return set(Image.registered_extensions()) | {".avif", ".heic", ".heif", ".jxl", ".svg"}
 
 
-def file_output(output: str, *, single: bool, ext: str = "auto") -> bool:
+def file_output(output: str, *, single: bool, ext: str = "auto", video: bool = False) -> bool:
     """Whether ``-o`` names the output file (True) or a folder to write into (False, created).
 
     An existing folder, or a name ending in a separator, is a folder. A name with an image
     extension is a file: it must be one reprfn writes (.png .jpg .jpeg .webp .bmp .tif .tiff),
     the input must be one image file (``single``), and ``--ext`` (if given) must agree with it.
     Any other name (``out``, ``run.v2``) is a folder. So ``-o out.gif`` is refused instead of
-    creating a folder called ``out.gif``.
+    creating a folder called ``out.gif``. A video suffix names a video file (``video``: the one
+    input is a video; ``video.paths.video_file_output``), and a video is never written as an image.
     """
     out = Path(output)
     suffix = out.suffix.lower()
-    if out.is_dir() or output.endswith(("/", os.sep)) or suffix not in _image_extensions():
+    folder = out.is_dir() or output.endswith(("/", os.sep))
+    if not folder and suffix in VIDEO_SUFFIXES:
+        return video_file_output(output, single=single, video=video, ext=ext)
+    if folder or suffix not in _image_extensions():
         return False
+    if video:
+        raise UsageError(f"-o {output}: the input is a video; name a .mp4, .mkv, .mov, .m4v or .webm file, "
+                         "or a folder")
     if suffix not in IMAGE_SUFFIXES:
         raise UsageError(f"-o {output}: cannot write {suffix} images; name a .png, .jpg, .jpeg, .webp, "
                          ".bmp, .tif or .tiff file, or a folder")
@@ -314,9 +323,11 @@ def output_path(src: Path, out: Path, *, single: bool, suffix: str, ext: str,
                 folder: Path = Path()) -> Path:
     """Where the result of ``src`` goes: ``out`` itself when it names the file (``single``, see
     ``file_output``), else ``out/<folder>/<stem><suffix><ext>``; ``ext`` "auto" keeps the input's
-    own suffix (format)."""
+    own suffix (format). A video keeps its container (``video.paths.video_output_path``)."""
     from .images import output_format
 
+    if is_video(src):
+        return video_output_path(src, out, single=single, suffix=suffix, folder=folder)
     if single and out.suffix.lower() in IMAGE_SUFFIXES:
         return out
     keep = ext == "auto" and src.suffix.lower() in IMAGE_SUFFIXES

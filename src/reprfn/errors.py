@@ -28,6 +28,11 @@ class ImageError(ReprfnError):
     """An image that cannot be decoded, or cannot be written in the format asked for."""
 
 
+class VideoError(ImageError):
+    """A video that cannot be decoded (corrupt, truncated, no video stream) or written as asked (a
+    codec or stream the chosen container cannot hold); an ``ImageError`` for callers that catch those."""
+
+
 class ResourceError(ReprfnError):
     """A request larger than the limits set (pixels, memory): refused before any work."""
 

@@ -103,11 +103,12 @@ def _upscale_model(args: argparse.Namespace, device: torch.device) -> Runner:
 def _upscale_plan(args: argparse.Namespace, files: list[Path]) -> list[tuple[Path, Path]]:
     """(input, output) for every file of the batch, refused as a whole (``UsageError``) when ``-o``
     cannot be used, an output is an input, or two inputs share an output (``refuse_collisions``)."""
-    from ..api import file_output, mirrored_folder, output_path
+    from ..api import file_output, is_video, mirrored_folder, output_path
     from ..outputs import refuse_collisions
 
     single = len(files) == 1 and len(args.inputs) == 1 and not Path(args.inputs[0]).is_dir()
-    as_file = bool(files) and file_output(args.output, single=single, ext=args.ext)
+    as_file = bool(files) and file_output(args.output, single=single, ext=args.ext,
+                                          video=single and is_video(files[0]))
     plan = [(src, output_path(src, Path(args.output), single=as_file, suffix=args.suffix, ext=args.ext,
                               folder=mirrored_folder(src, args.inputs))) for src in files]
     refuse_collisions(plan)
@@ -117,7 +118,8 @@ def _upscale_plan(args: argparse.Namespace, files: list[Path]) -> list[tuple[Pat
 def cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..api import check_pad, check_tile, collect_inputs, upscale_file
+    from ..api import check_pad, check_tile, collect_inputs, is_video, upscale_file
+    from ..video import check_crf, upscale_video
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = device_from_name(args.device)
@@ -126,6 +128,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     files, errors = collect_inputs(args.inputs, args.recursive)
     try:  # on the full list, before sharding: every torchrun rank refuses the same batches
         tile, pad = check_tile(args.tile, "--tile"), check_pad(args.tile_pad, "--tile-pad")
+        if any(is_video(src) for src in files):
+            check_crf(args.crf, "--crf")
         plan = _upscale_plan(args, files)[rank::world]  # torchrun: each rank takes every world-th file
     except UsageError:
         if rank:
@@ -143,8 +147,12 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         try:
             if args.skip_existing and dst.exists():
                 continue
-            upscale_file(model, src, dst, max_pixels=args.max_pixels, tile=tile, pad=pad,
-                         device=device, precision=args.precision)
+            if is_video(src):  # the rule of images: -o names what to write, --skip-existing keeps it
+                upscale_video(src, dst, None, model, tile=tile, pad=pad, device=device, precision=args.precision,
+                              crf=args.crf, codec=args.codec, progress=not args.quiet, overwrite=True)
+            else:
+                upscale_file(model, src, dst, max_pixels=args.max_pixels, tile=tile, pad=pad,
+                             device=device, precision=args.precision)
             written += 1
             if not args.quiet and len(plan) == 1:
                 print(dst)
@@ -155,7 +163,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             errors.append(line)
             tqdm.write(f"reprfn: error: {line if str(src) in line else f'{src}: {line}'}", file=sys.stderr)
     if not args.quiet and len(plan) > 1:
-        print(f"{written} of {len(plan)} images upscaled x{model.info.scale} into {out}", file=sys.stderr)
+        kind = "images" if not any(is_video(src) for src, _ in plan) else "files"
+        print(f"{written} of {len(plan)} {kind} upscaled x{model.info.scale} into {out}", file=sys.stderr)
     return EXIT_ERROR if errors else 0
 
 

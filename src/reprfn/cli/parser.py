@@ -68,11 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_load_flags(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("upscale", help="upscale images with the bundled model (or -w WEIGHTS)")
+    p = sub.add_parser("upscale", help="upscale images or videos with the bundled model (or -w WEIGHTS)")
     p.add_argument("-i", "--input", dest="inputs", nargs="+", required=True, metavar="INPUT",
-                   help="image files, folders or globs")
+                   help="image or video files, folders or globs")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file (one image input; .png .jpg .jpeg .webp .bmp .tif .tiff) or folder (created)")
+                   help="output file (one image input: .png .jpg .jpeg .webp .bmp .tif .tiff; one video input: "
+                        ".mp4 .mkv .mov .m4v .webm) or folder (created)")
     p.add_argument("-s", "--scale", type=int, choices=(2, 3, 4), help="upscaling factor (default 4, or the model's)")
     p.add_argument("-w", "--weights", help="checkpoint in any supported layout or a model name (reprfn models; "
                                            "default: the bundled model)")
@@ -94,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-existing", action="store_true", help="leave outputs that already exist")
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help="refuse inputs above N pixels (decompression-bomb guard; 0 lifts it)")
+    p.add_argument("--crf", type=int, default=18, metavar="N",
+                   help="videos: constant quality, lower is better (default 18; 0 lossless with x264)")
+    p.add_argument("--codec", default="libx264", metavar="NAME",
+                   help="videos: the encoder (default libx264; e.g. libx265, libvpx-vp9, libsvtav1, ffv1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=cmd_upscale)
 
