@@ -32,13 +32,6 @@ def _fresh_runners():
     forget()
 
 
-# The default CPU path exports models to ONNX Runtime (cached under ~/.cache/reprfn); tests that
-# upscale with random-weight models would each pay an export, so the suite runs without it.
-# Tests of the default engine itself opt back in with the ``default_engine`` fixture below;
-# tests/test_runtime.py tests the engines directly.
-os.environ.setdefault("REPRFN_ONNX", "0")
-
-
 @pytest.fixture(scope="session")
 def engine_cache(tmp_path_factory) -> Path:
     """One export cache for the whole run: each bundled model is exported once, not once a test."""
@@ -54,7 +47,6 @@ def default_engine(monkeypatch, engine_cache) -> list:
     """
     import reprfn.api as api
 
-    monkeypatch.delenv("REPRFN_ONNX", raising=False)
     monkeypatch.delenv("REPRFN_ENGINE", raising=False)
     monkeypatch.setenv("REPRFN_CACHE", str(engine_cache))
     prepared: list = []

@@ -80,9 +80,9 @@ def assert_close_levels(got: np.ndarray, want: np.ndarray, max_fraction: float) 
 
 
 def assert_default_engine_ran(prepared: list, whole_images: bool = True) -> None:
-    """Every runner ``prepare`` handed out is what ``--backend auto`` picks: whole images through ONNX
-    Runtime / OpenVINO when installed (and, for whole images, opened rather than fallen back), tiles
-    and everything else through the fused PyTorch engine."""
+    """Every runner ``prepare`` handed out is what ``--backend auto`` picks: the fused PyTorch engine
+    for tiles and whole images (or, where ``REPRFN_ENGINE`` names one, that engine for whole images,
+    opened rather than fallen back)."""
     from reprfn.runtime.engines import FusedCPUEngine
     from reprfn.runtime.prepare import whole_image_engine
 

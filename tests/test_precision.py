@@ -31,7 +31,7 @@ def model():
 
 @pytest.fixture()
 def no_outside_engines(monkeypatch):
-    monkeypatch.setenv("REPRFN_ONNX", "0")
+    monkeypatch.delenv("REPRFN_ENGINE", raising=False)
 
 
 def test_auto_precision_follows_the_hardware(monkeypatch):
@@ -134,7 +134,6 @@ def test_bf16_tiles_match_the_whole_image_within_two_levels(model, no_outside_en
 @needs_ov
 def test_openvino_bf16_on_request_is_the_whole_image_engine_and_is_checked(model, monkeypatch, tmp_path):
     monkeypatch.setenv("REPRFN_CACHE", str(tmp_path))
-    monkeypatch.delenv("REPRFN_ONNX", raising=False)
     monkeypatch.delenv("REPRFN_ENGINE", raising=False)
     assert prepare(model, "cpu", "bf16").whole_name is None  # the fused bf16 engine: measured faster than OpenVINO
     monkeypatch.setenv("REPRFN_ENGINE", "openvino")

@@ -89,7 +89,6 @@ def test_winograd_kernel_set_equals_the_fused_model(model):
 
 
 def test_the_default_path_is_fused_channels_last(model, monkeypatch):
-    monkeypatch.setenv("REPRFN_ONNX", "0")
     net = prepare(model)
     assert isinstance(net, Runner) and not isinstance(net, torch.nn.Module)
     assert net.info == describe(model) and (net.info.scale, net.info.in_channels, net.info.arch) == (4, 3, "reprfn")
@@ -101,7 +100,6 @@ def test_the_default_path_is_fused_channels_last(model, monkeypatch):
 
 
 def test_tiles_stay_exact_on_the_fast_path(model, monkeypatch):
-    monkeypatch.setenv("REPRFN_ONNX", "0")
     x = image_batch(1, 150, 200)
     net = prepare(model)
     whole = run(model, x)
@@ -137,7 +135,6 @@ def test_availability_checks_survive_a_missing_op(monkeypatch):
 
 def test_train_form_and_other_archs(monkeypatch):
     """What decides the kernels is a property of the model (``kernel_ops``), not its name."""
-    monkeypatch.setenv("REPRFN_ONNX", "0")
     x = image_batch(1, 33, 29)
     train = randomize(build("reprfn", scale=2), gain=0.3)
     net = prepare(train)
@@ -171,7 +168,6 @@ def test_gpus_and_cpu_fp16_run_the_model_under_autocast(model):
 
 
 def test_grad_and_autocast_run_the_plain_model(model, monkeypatch):
-    monkeypatch.setenv("REPRFN_ONNX", "0")
     net = prepare(model)
     x = image_batch(1, 24, 24).requires_grad_(True)
     y = net(x)
@@ -245,10 +241,9 @@ def test_every_engine_follows_the_protocol(model, tmp_path, monkeypatch):
 
 
 @needs_ort
-def test_auto_path_uses_onnxruntime_for_whole_images_and_torch_for_tiles(model, tmp_path, monkeypatch):
+def test_onnxruntime_on_request_runs_whole_images_and_torch_tiles(model, tmp_path, monkeypatch):
     monkeypatch.setenv("REPRFN_CACHE", str(tmp_path))
     monkeypatch.setenv("REPRFN_ENGINE", "onnxruntime")
-    monkeypatch.setenv("REPRFN_ONNX", "1")
     net = prepare(model)
     assert net.whole_name == "onnxruntime" and net.opened is None  # opened on the first whole image
     assert net.info.scale == 4 and net.info.arch == "reprfn"
@@ -326,31 +321,28 @@ def test_auto_path_falls_back_when_opening_fails(model, monkeypatch):
         assert net.bytes_per_pixel == BYTES_PER_PIXEL  # fell back to PyTorch: PyTorch's figure again
 
 
-def test_onnx_can_be_switched_off(model, monkeypatch):
-    monkeypatch.setenv("REPRFN_ONNX", "0")
-    assert prepare(model).whole_name is None
-    monkeypatch.setattr(rt_prepare, "onnxruntime_available", lambda: False)
-    monkeypatch.setattr(rt_prepare, "openvino_available", lambda: False)
-    monkeypatch.setenv("REPRFN_ONNX", "1")
-    assert prepare(model).whole_name is None
-
-
-def test_engine_choice_onnxruntime_first_then_openvino(model, monkeypatch):
-    monkeypatch.setenv("REPRFN_ONNX", "1")
+def test_whole_images_run_the_fused_engine_unless_another_is_asked_for(model, monkeypatch):
+    """The default: one engine for tiles and whole images (nothing exported); ``REPRFN_ENGINE``
+    names another for whole images, opened on first use; one not installed falls back, saying why."""
     monkeypatch.delenv("REPRFN_ENGINE", raising=False)
     monkeypatch.setattr(rt_prepare, "onnxruntime_available", lambda: True)
     monkeypatch.setattr(rt_prepare, "openvino_available", lambda: True)
-    assert prepare(model).whole_name == "onnxruntime"
+    net = prepare(model)
+    assert net.whole_name is None and isinstance(net.tiles, FusedCPUEngine) and net.whole() is net.tiles
+    monkeypatch.setenv("REPRFN_ENGINE", "torch")
+    assert prepare(model).whole_name is None
+    for name in ("openvino", "onnxruntime"):
+        monkeypatch.setenv("REPRFN_ENGINE", name)
+        assert prepare(model).whole_name == name and prepare(model).opened is None
     monkeypatch.setenv("REPRFN_ENGINE", "openvino")
-    assert prepare(model).whole_name == "openvino"
+    assert prepare(model, precision="bf16").whole_name == "openvino-bf16"
     monkeypatch.setattr(rt_prepare, "openvino_available", lambda: False)  # asked for, not installed
     rt_prepare.forget()  # what is installed does not change within a process: runners are kept
-    assert prepare(model).whole_name == "onnxruntime"
-    monkeypatch.delenv("REPRFN_ENGINE")
-    monkeypatch.setattr(rt_prepare, "openvino_available", lambda: True)
-    monkeypatch.setattr(rt_prepare, "onnxruntime_available", lambda: False)
-    rt_prepare.forget()
-    assert prepare(model).whole_name == "openvino"
+    net = prepare(model)
+    x = image_batch(1, 24, 30)
+    with torch.inference_mode():
+        assert _diff(net(x), model(x)) <= TOL
+    assert net.fallback == "REPRFN_ENGINE=openvino, but openvino is not installed (pip install 'reprfn[openvino]')"
     monkeypatch.setenv("REPRFN_ENGINE", "tensorrt")
     with pytest.raises(ValueError, match="REPRFN_ENGINE"):
         prepare(model)

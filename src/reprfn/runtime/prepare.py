@@ -8,16 +8,18 @@ The policy, in one place:
 * ``backend="auto"`` (the default), by precision (``"auto"`` is made concrete first:
   ``hardware.resolve_precision``):
 
-  | device, precision | tiles | whole images |
-  |---|---|---|
-  | CPU, fp32 | fused PyTorch (``FusedCPUEngine``, exact) | ONNX Runtime, else OpenVINO, else the same |
-  | CPU, bf16 | fused PyTorch on a bf16 copy | the same (OpenVINO in bf16 with ``REPRFN_ENGINE=openvino``) |
-  | CPU fp16, CUDA, MPS | the model under autocast (``TorchEngine``; channels-last on GPUs) | the same |
+  | device, precision | tiles and whole images |
+  |---|---|
+  | CPU, fp32 | fused PyTorch (``FusedCPUEngine``, exact) |
+  | CPU, bf16 | fused PyTorch on a bf16 copy |
+  | CPU fp16, CUDA, MPS | the model under autocast (``TorchEngine``; channels-last on GPUs) |
 
-  ``REPRFN_ENGINE`` chooses the fp32 whole-image engine, ``REPRFN_ONNX=0`` leaves ONNX Runtime and
-  OpenVINO out. The whole-image engine is opened on the first whole image (an export of a few
-  seconds, then cached on disk); if that fails for any reason the tiles engine takes over and
-  ``Runner.fallback`` says why.
+  On the CPU the fused engine ran level with or ahead of ONNX Runtime and OpenVINO for whole
+  images on quiet machines (docs/performance.md), with no export to wait for and tiles equal to
+  the whole image's engine. ``REPRFN_ENGINE=onnxruntime|openvino`` runs whole images through
+  that engine instead (fp32; OpenVINO also in bf16): it is opened on the first whole image (an
+  export of a few seconds, then cached on disk); if that fails for any reason (not installed,
+  an export or a check that fails) the tiles engine takes over and ``Runner.fallback`` says why.
 
 A ``Runner`` is itself an ``Engine``: called with a tile's window it runs the exact engine,
 without one the whole-image engine. Runners are prepared once: ``prepare`` keeps them per model
@@ -138,26 +140,39 @@ class Runner:
         return f"Runner({self.info.arch} x{self.info.scale}: {self.describe()})"
 
 
+WHOLE_IMAGE_ENGINES = ("onnxruntime", "openvino")
+
+
 def whole_image_engine() -> str | None:
-    """The whole-image engine of ``backend="auto"``: ``$REPRFN_ENGINE`` if set and installed, else
-    ONNX Runtime, else OpenVINO, else None (PyTorch only)."""
-    installed = {"onnxruntime": onnxruntime_available(), "openvino": openvino_available()}
+    """The engine ``$REPRFN_ENGINE`` asks to run whole images (``onnxruntime`` or ``openvino``), or
+    None (unset, or ``torch``): the tiles engine runs them too."""
     wanted = os.environ.get("REPRFN_ENGINE", "")
-    if wanted and wanted not in installed:
-        raise UsageError(f"REPRFN_ENGINE={wanted!r}: use 'onnxruntime' or 'openvino'")
-    if wanted and installed[wanted]:
-        return wanted
-    return next((name for name, ok in installed.items() if ok), None)
+    if wanted in ("", "torch"):
+        return None
+    if wanted not in WHOLE_IMAGE_ENGINES:
+        raise UsageError(f"REPRFN_ENGINE={wanted!r}: use 'torch', 'onnxruntime' or 'openvino'")
+    return wanted
 
 
 def opener(name: str, model: nn.Module, info: ModelInfo, precision: Precision = "fp32") -> Opener:
     """How to open the whole-image engine ``name`` ("onnxruntime" or "openvino") for ``model``."""
     if name == "onnxruntime":
-        return Opener(name, BYTES_PER_PIXEL, lambda: open_onnx(model))
+        return Opener(name, BYTES_PER_PIXEL,
+                      lambda: _if_installed(onnxruntime_available, name, lambda: open_onnx(model)))
     if name == "openvino":
         label = name if precision == "fp32" else f"{name}-{precision}"
-        return Opener(label, OPENVINO_BYTES_PER_PIXEL, lambda: open_openvino(model, info, precision=precision))
+        return Opener(label, OPENVINO_BYTES_PER_PIXEL,
+                      lambda: _if_installed(openvino_available, name,
+                                            lambda: open_openvino(model, info, precision=precision)))
     raise UsageError(f"unknown engine {name!r}; use 'openvino' or 'onnxruntime'")
+
+
+def _if_installed(available: Callable[[], bool], name: str, open_engine: Callable[[], Engine]) -> Engine:
+    """``open_engine()``, or the error ``Runner.fallback`` reports for an engine asked for but not installed."""
+    if not available():
+        extra = {"onnxruntime": "onnx"}.get(name, name)
+        raise UsageError(f"REPRFN_ENGINE={name}, but {name} is not installed (pip install 'reprfn[{extra}]')")
+    return open_engine()
 
 
 def _auto_engines(model: nn.Module, info: ModelInfo, device: torch.device,
@@ -165,13 +180,10 @@ def _auto_engines(model: nn.Module, info: ModelInfo, device: torch.device,
     """(tiles engine, whole-image engine to open) of ``backend="auto"``: the table of the module doc."""
     if device.type != "cpu" or precision == "fp16":
         return TorchEngine(model, device, precision, channels_last=device.type != "cpu"), None
-    outside = os.environ.get("REPRFN_ONNX", "1") != "0"
-    if precision == "bf16":
-        # the fused engine on bf16 weights measured 4.8x the authors' fp32 model here, OpenVINO bf16 2.9x
-        bf16_openvino = outside and openvino_available() and os.environ.get("REPRFN_ENGINE") == "openvino"
-        return FusedCPUEngine(model, "bf16"), opener("openvino", model, info, "bf16") if bf16_openvino else None
     name = whole_image_engine()
-    return FusedCPUEngine(model), opener(name, model, info) if outside and name is not None else None
+    if precision == "bf16":
+        return FusedCPUEngine(model, "bf16"), opener("openvino", model, info, "bf16") if name == "openvino" else None
+    return FusedCPUEngine(model), opener(name, model, info) if name is not None else None
 
 
 PREPARED_MODELS = 8  # models whose runners are kept (a runner holds its model and engines)
@@ -228,7 +240,7 @@ def prepare(model: Model | Runner, device: torch.device | str = "cpu", precision
     if backend == "onnxruntime" and device.type != "cpu":
         raise UsageError("the onnxruntime backend runs on the CPU: use device='cpu'")
     describe(model)  # refuses what is not a model before anything is hashed or kept
-    key = (str(device), concrete, backend, os.environ.get("REPRFN_ENGINE", ""), os.environ.get("REPRFN_ONNX", ""))
+    key = (str(device), concrete, backend, os.environ.get("REPRFN_ENGINE", ""))
     return _prepared(model, key, lambda: _make_runner(model, device, concrete, backend))
 
 
