@@ -101,6 +101,21 @@ def test_recursive_mirrors_the_tree(tmp_path, capsys):
     assert _tree(src) == {str(p.relative_to(src)): p.read_bytes() for p in inputs}  # inputs untouched
 
 
+def test_folders_leave_hidden_files_and_folders_out(tmp_path):
+    """macOS's ``._x.png`` companions, ``.thumbnails`` and ``.git`` are not the user's photos; a
+    hidden file named on its own is read."""
+    from reprfn.api import collect_inputs
+
+    src = tmp_path / "photos"
+    for rel in ["a.png", "._a.png", ".thumbnails/t.png", "sub/b.png", "sub/.cache/c.png", ".git/d.jpg"]:
+        _image(src / rel, 0)
+    for recursive, want in ((False, ["a.png"]), (True, ["a.png", "sub/b.png"])):
+        files, errors = collect_inputs([str(src)], recursive=recursive)
+        assert sorted(str(p.relative_to(src)) for p in files) == want and errors == []
+    files, _ = collect_inputs([str(src / "._a.png"), str(src / ".thumbnails")])
+    assert [p.name for p in files] == ["._a.png", "t.png"]  # named: a hidden file, a hidden folder's own contents
+
+
 def test_recursive_skip_existing_keeps_what_is_there(tmp_path, capsys):
     src = tmp_path / "photos"
     _image(src / "x" / "img.png", 1), _image(src / "y" / "img.png", 2)

@@ -243,7 +243,11 @@ def upscale_file(model: nn.Module | Runner, src: str | os.PathLike, dst: str | o
 
 def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path], list[str]]:
     """Files, folders (their images and videos; ``recursive`` descends) and globs -> sorted unique files,
-    plus one-line messages for inputs that match nothing."""
+    plus one-line messages for inputs that match nothing.
+
+    Hidden files and folders inside a folder are left out, as a shell's ``*`` and ``glob`` leave
+    them: macOS's ``._photo.jpg`` companions are not images, and ``.git`` or ``.thumbnails`` are
+    not what ``-i photos --recursive`` means. A hidden file named on its own is read."""
     import glob
 
     files: list[Path] = []
@@ -253,7 +257,8 @@ def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Pat
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
             found = [p for p in path.glob(pattern)
-                     if p.is_file() and p.suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)]
+                     if p.is_file() and p.suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
+                     and not any(part.startswith(".") for part in p.relative_to(path).parts)]
             if not found:
                 hint = "" if recursive else " (--recursive looks deeper)"
                 errors.append(f"{path}: no images in this folder{hint}")
