@@ -8,6 +8,9 @@ machine change). The package never ships this folder.
 
     python experiments/campaign.py snapshot runs/x4campaign [--out campaign/x4/ema_train.safetensors]
     python experiments/campaign.py curve runs/x4campaign [runs/other ...]   # Set5 validation rows
+    python experiments/campaign.py curve runs/x4campaign runs/x4c2 --offset x4c2=8250 --plot docs/campaign.png
+        # ... and their curve against the campaign's iterations (a stage started from an earlier
+        # stage's snapshot at iteration N is drawn from N on)
 """
 
 from __future__ import annotations
@@ -47,6 +50,41 @@ def curve(run_dirs: list[Path]) -> list[tuple[str, int, float]]:
     return rows
 
 
+def series(rows: list[tuple[str, int, float]], offsets: dict[str, int]) -> dict[str, list[tuple[int, float]]]:
+    """run -> [(campaign iteration, Set5 Y-PSNR)]: a run's own iterations plus ``offsets[run]``."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for run, iteration, value in rows:
+        out.setdefault(run, []).append((offsets.get(run, 0) + iteration, value))
+    return out
+
+
+def plot(rows: list[tuple[str, int, float]], offsets: dict[str, int], out: Path) -> Path:
+    """Set5 validation of each run against the campaign's iterations (``series``), as a PNG for
+    docs/training.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=120)
+    for run, points in series(rows, offsets).items():
+        ax.plot(*zip(*points, strict=True), marker=".", label=run)
+    ax.set_xlabel("iteration of the campaign (batch 16)")
+    ax.set_ylabel("Set5 x4 Y-PSNR (dB), EMA")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _offset(text: str) -> tuple[str, int]:
+    name, _, value = text.partition("=")
+    return name, int(value)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -55,12 +93,18 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p = sub.add_parser("curve")
     p.add_argument("run_dirs", type=Path, nargs="+")
+    p.add_argument("--offset", type=_offset, action="append", default=[], metavar="RUN=ITERATION",
+                   help="a stage that started from another stage's snapshot at that iteration")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="also draw the curves")
     args = ap.parse_args()
     if args.command == "snapshot":
         print(snapshot(args.run_dir, args.out))
     else:
-        for run, iteration, value in curve(args.run_dirs):
+        rows = curve(args.run_dirs)
+        for run, iteration, value in rows:
             print(f"{run}\t{iteration}\t{value:.3f}")
+        if args.plot:
+            print(plot(rows, dict(args.offset), args.plot))
 
 
 if __name__ == "__main__":

@@ -34,3 +34,17 @@ def test_snapshot_holds_the_ema_in_training_form_and_seeds_a_new_stage(photos, t
     x = torch.rand(1, 3, 24, 24)
     torch.testing.assert_close(model(x), snap(x), rtol=0, atol=1e-6)
     assert [r[1] for r in campaign.curve([run])] == []  # no validation in this run
+
+
+def test_curves_of_stages_are_drawn_on_the_campaign_axis(tmp_path):
+    """A stage that started from another's snapshot at iteration N is drawn from N on."""
+    for name, rows in (("s1", [(250, 31.61), (500, 31.63)]), ("s2", [(250, 31.64)])):
+        (tmp_path / name).mkdir()
+        lines = ["iteration,loss,lr,seconds,val_psnr_y"] + [f"{i - 50},0.5,1e-4,1.0," for i, _ in rows[:1]]
+        lines += [f"{i},0.5,1e-4,1.0,{v}" for i, v in rows]
+        (tmp_path / name / "log.csv").write_text("\n".join(lines) + "\n")
+    rows = campaign.curve([tmp_path / "s1", tmp_path / "s2"])
+    assert rows == [("s1", 250, 31.61), ("s1", 500, 31.63), ("s2", 250, 31.64)]
+    assert campaign.series(rows, {"s2": 400}) == {"s1": [(250, 31.61), (500, 31.63)], "s2": [(650, 31.64)]}
+    png = campaign.plot(rows, {"s2": 400}, tmp_path / "docs" / "curve.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
