@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: cuda, then mps, then the cpu")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
-                   help="auto: the fastest path with equal outputs (CPU: ONNX Runtime for whole images when "
-                        "installed, fused channels-last PyTorch kernels for tiles); "
+                   help="auto: the fastest path with equal outputs (CPU: the fused channels-last PyTorch engine; "
+                        "REPRFN_ENGINE=onnxruntime|openvino for whole images); "
                         "torch: the model in plain eager PyTorch; onnxruntime: ONNX Runtime on the CPU")
     p.add_argument("--suffix", default="", help="added to output file names, e.g. _x4")
     p.add_argument("--ext", choices=("auto", "png", "jpg", "webp"), default="auto",
