@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeAlias, overload
@@ -241,24 +241,27 @@ def upscale_file(model: nn.Module | Runner, src: str | os.PathLike, dst: str | o
 # Batches of files: what to read, where to write
 # ----------------------------------------------------------------------------------------------
 
-def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Path], list[str]]:
+def collect_inputs(inputs: list[str], recursive: bool = False,
+                   output: str | os.PathLike | None = None) -> tuple[list[Path], list[str]]:
     """Files, folders (their images and videos; ``recursive`` descends) and globs -> sorted unique files,
     plus one-line messages for inputs that match nothing.
 
     Hidden files and folders inside a folder are left out, as a shell's ``*`` and ``glob`` leave
     them: macOS's ``._photo.jpg`` companions are not images, and ``.git`` or ``.thumbnails`` are
-    not what ``-i photos --recursive`` means. A hidden file named on its own is read."""
-    import glob
-
+    not what ``-i photos --recursive`` means. A hidden file named on its own is read. ``output``:
+    the output folder; where it lies within a folder input (``-i photos -o photos/x2 --recursive``)
+    the files under it are an earlier run's outputs, and are left out, so that running the command
+    again does not upscale them again. Links to folders are not followed (a link loop would never end)."""
     files: list[Path] = []
     errors: list[str] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
+            earlier = _earlier_outputs(path, output)
             found = [p for p in path.glob(pattern)
                      if p.is_file() and p.suffix.lower() in (*IMAGE_SUFFIXES, *VIDEO_SUFFIXES)
-                     and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+                     and not any(part.startswith(".") for part in p.relative_to(path).parts) and not earlier(p)]
             if not found:
                 hint = "" if recursive else " (--recursive looks deeper)"
                 errors.append(f"{path}: no images in this folder{hint}")
@@ -266,12 +269,42 @@ def collect_inputs(inputs: list[str], recursive: bool = False) -> tuple[list[Pat
         elif path.exists():
             files.append(path)
         else:
-            matches = [Path(p) for p in glob.glob(item, recursive=recursive) if Path(p).is_file()]
+            root, globbed = _glob(item, recursive)
+            earlier = _earlier_outputs(root, output)
+            matches = [p for p in globbed if p.is_file() and not earlier(p)]
             if not matches:
                 errors.append(f"{item}: no such file")
             files += matches
     unique = sorted({p.resolve(): p for p in files}.values(), key=lambda p: str(p))
     return unique, errors
+
+
+def _earlier_outputs(root: Path, output: str | os.PathLike | None) -> Callable[[Path], bool]:
+    """Whether a file found under ``root`` (a folder input, or a glob's fixed start) lies in the
+    output folder ``output``, when that is a folder strictly inside ``root``: such files are
+    an earlier run's outputs, not inputs. An output folder that is ``root`` itself leaves all in."""
+    top = root.resolve()
+    out = Path(output).resolve() if output is not None else None
+    if out is None or out == top or not out.is_relative_to(top):
+        return lambda path: False
+    return lambda path: path.parent.resolve().is_relative_to(out)
+
+
+def _glob(pattern: str, recursive: bool) -> tuple[Path, list[Path]]:
+    """The fixed start of ``pattern`` (the folders before its first wildcard) and the paths it
+    matches, as ``glob.glob`` finds them; but a recursive ``**`` is matched by pathlib, which does
+    not follow links to folders: glob's does, and a link loop (``d/up -> ..``) makes it run until
+    the path is too long, for ever in practice."""
+    import glob
+
+    parts = Path(pattern).parts
+    magic = [i for i, part in enumerate(parts) if any(c in part for c in "*?[")] or [len(parts) - 1]
+    root, rest = Path(*parts[:magic[0]]), parts[magic[0]:]
+    if not (recursive and "**" in pattern):
+        return root, [Path(p) for p in glob.glob(pattern, recursive=recursive)]
+    dotted = any(part.startswith(".") for part in rest)  # a pattern that asks for hidden names gets them
+    return root, [p for p in root.glob(str(Path(*rest)))
+                  if dotted or not any(part.startswith(".") for part in p.relative_to(root).parts)]
 
 
 def mirrored_folder(src: Path, inputs: Sequence[str]) -> Path:

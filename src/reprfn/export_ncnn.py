@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ExportError
+from .errors import ExportError, UsageError
 from .export import FP16_TOLERANCE, FP32_TOLERANCE, TRACE_SIZE, image_batch, parity, quiet_jit
 from .files import atomic_path, check_writable
 from .models import SRModel, fuse
@@ -75,8 +75,14 @@ def ncnn_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """``NAME.param`` and ``NAME.bin`` for ``NAME``, ``NAME.param`` or ``NAME.bin``.
 
     The apps find a model by the name the two files share (``-n NAME``), so both always get it.
+    A folder (an existing one, or a name ending in a separator) or an empty name is refused
+    (``UsageError``): the pair would be named after the folder and written beside it.
     """
-    path = Path(path)
+    text = os.fspath(path)
+    if not Path(text).name or text.endswith(("/", os.sep)) or Path(text).is_dir():
+        raise UsageError(f"{text!r} names a folder (or nothing), not the ncnn pair: name it NAME or NAME.param, "
+                         f"e.g. {os.path.join(text, 'model-x4')}")
+    path = Path(text)
     if path.suffix.lower() in (".param", ".bin"):
         path = path.with_suffix("")
     return path.with_name(path.name + ".param"), path.with_name(path.name + ".bin")

@@ -23,6 +23,7 @@ from .models.rep import EDGE_KERNELS
 FORMAT = "reprfn"
 DEFAULT_DATA_RANGE = {"rfdn": 255.0}  # the NTIRE baseline RFDN works on 0..255; everything else 0..1
 INT_FIELDS = ("scale", "in_channels", "channels", "blocks", "esa_channels")
+ONE_FORM = ("rfn", "rfdn", "imdn")  # no RepBlocks: their train and deploy forms are one network
 
 
 @dataclass
@@ -198,6 +199,8 @@ def _check_metadata(metadata: Mapping[str, str], config: Mapping[str, Any], evid
             value = _positive_int(metadata, key)
         if key not in config:
             raise CheckpointError(f"metadata {key}={text!r} does not apply to a {config['arch']} model")
+        if key == "form" and _family(config["arch"]) in ONE_FORM:
+            continue  # either tag is right: fuse() tags its copy deploy, and it is the same network
         if value != config[key]:
             raise CheckpointError(f"metadata {key}={text!r} contradicts the tensors "
                                   f"({config[key]}, from {evidence[key]}): refusing to load")

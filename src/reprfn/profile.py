@@ -50,7 +50,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .errors import UsageError
+from .errors import ResourceError, UsageError
 from .models import SRModel
 from .models.rep import RepBlock
 
@@ -320,6 +320,28 @@ def runtime(model: Callable[[torch.Tensor], torch.Tensor], input_shape: str | tu
 # ----------------------------------------------------------------------------------------------
 
 
+def check_input(model: SRModel, shape: tuple[int, ...], device: torch.device | None = None) -> None:
+    """Refuse, before anything runs, an ``--input`` the model cannot take (another number of
+    channels, a side under ESA's minimum) and, given the ``device`` a forward will run on, one
+    whose forward does not fit in its memory (an estimate: input, output and the RepRFN figure per
+    pixel), rather than PyTorch's shape error or the kernel's OOM killer."""
+    from .runtime.info import describe
+    from .runtime.memory import available_memory
+
+    info = describe(model)
+    n, c, h, w = shape if len(shape) == 4 else (1, *shape)
+    label = "x".join(map(str, shape))
+    if info.in_channels is not None and c != info.in_channels:
+        raise UsageError(f"--input {label}: {c} channel(s), but the model takes {info.in_channels}")
+    if min(h, w) < info.min_size:
+        raise UsageError(f"--input {label}: sides of at least {info.min_size} pixels are needed")
+    if device is not None:
+        need, free = n * h * w * (info.bytes_per_pixel + 4 * c * (1 + info.scale ** 2)), available_memory(device)
+        if need > free:
+            raise ResourceError(f"--input {label}: one forward needs about {need / 2**30:.1f} GB of memory, but "
+                                f"{free / 2**30:.1f} GB is available on {device.type}: profile a smaller --input")
+
+
 def profile_model(model: SRModel, input_shape: str | tuple[int, ...] = (3, 180, 320), *,
                   device: str | torch.device = "cpu", memory: bool = True, timing: bool = False,
                   runs: int = 10, warmup: int = 2, precision: PrecisionChoice = "fp32") -> dict[str, Any]:
@@ -329,6 +351,7 @@ def profile_model(model: SRModel, input_shape: str | tuple[int, ...] = (3, 180, 
     upscale path is timed in (``--runtime``), beside the eager fp32 model: what ``reprfn upscale
     --precision`` would run.
     """
+    check_input(model, parse_input(input_shape), torch.device(device) if memory or timing else None)
     c = count(model, input_shape)
     report: dict[str, Any] = {
         "arch": getattr(model, "arch", type(model).__name__),

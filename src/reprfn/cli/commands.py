@@ -125,11 +125,11 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     device = device_from_name(args.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    files, errors = collect_inputs(args.inputs, args.recursive)
+    files, errors = collect_inputs(args.inputs, args.recursive, output=args.output)
     try:  # on the full list, before sharding: every torchrun rank refuses the same batches
         tile, pad = check_tile(args.tile, "--tile"), check_pad(args.tile_pad, "--tile-pad")
         if any(is_video(src) for src in files):
-            check_crf(args.crf, "--crf")
+            check_crf(args.crf, "--crf", codec=args.codec)
         plan = _upscale_plan(args, files)[rank::world]  # torchrun: each rank takes every world-th file
     except UsageError:
         if rank:
@@ -149,7 +149,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
                 continue
             if is_video(src):  # the rule of images: -o names what to write, --skip-existing keeps it
                 upscale_video(src, dst, None, model, tile=tile, pad=pad, device=device, precision=args.precision,
-                              crf=args.crf, codec=args.codec, progress=not args.quiet, overwrite=True)
+                              crf=args.crf, codec=args.codec, progress=not args.quiet, overwrite=True,
+                              max_pixels=args.max_pixels)
             else:
                 upscale_file(model, src, dst, max_pixels=args.max_pixels, tile=tile, pad=pad,
                              device=device, precision=args.precision)
@@ -196,7 +197,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if fmt == "ncnn":
         from ..export_ncnn import export_ncnn
 
-        print(export_ncnn(model, out, fp16=args.fp16).summary())
+        print(export_ncnn(model, args.output, fp16=args.fp16).summary())  # the text: a trailing / is a folder
         return 0
     if fmt == "torchscript":
         export_torchscript(model, out)

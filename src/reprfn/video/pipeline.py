@@ -30,6 +30,7 @@ from .colour import Colour, colour_of, even_size, from_rgb, to_rgb
 from .streams import (
     add_copies,
     add_video,
+    check_codec,
     check_copies,
     configure,
     copied_streams,
@@ -42,6 +43,7 @@ from .streams import (
 )
 
 Upscaler = Callable[[np.ndarray], np.ndarray]  # HxWx3 uint8 -> (sH)x(sW)x3 uint8
+SizeCheck = Callable[[int, int], None]  # (width, height) of the frames: raises if they cannot be upscaled
 # Formats whose header states a duration the packets must reach (else the file was cut short).
 EXACT_DURATION = ("matroska,webm", "mov,mp4,m4a,3gp,3g2,mj2")
 
@@ -82,6 +84,7 @@ class Encoder:
     pix_fmt: str
     crf: int
     scale: int
+    check: SizeCheck = lambda width, height: None
     colour: Colour | None = None
     size: tuple[int, int] | None = None  # the input frames' (height, width)
     last_pts: int | None = None
@@ -122,6 +125,7 @@ class Encoder:
         """On the first frame: the colour, the output size and the encoder; then the packets that
         waited for it."""
         if self.colour is None:
+            self.check(frame.width, frame.height)
             self.size = (frame.height, frame.width)
             colour = colour_of(frame)
             out_size = even_size(frame.height * self.scale, frame.width * self.scale, self.pix_fmt)
@@ -176,17 +180,22 @@ class Counts:
 
 
 def transcode(src: Path, tmp: Path, dst: Path, container: str, codec: str, pix_fmt: str, crf: int, scale: int,
-              upscale: Upscaler, bar: Callable[[InputContainer, av.VideoStream], Callable[[], object]]) -> int:
+              upscale: Upscaler, bar: Callable[[InputContainer, av.VideoStream], Callable[[], object]],
+              check: SizeCheck = lambda width, height: None) -> int:
     """Upscale the video stream of ``src`` into ``tmp`` (muxer ``container``; ``dst`` is the name
     errors give), copying audio and subtitles; return the number of frames. ``bar(inp, stream)``
-    gives the function called after each frame."""
+    gives the function called after each frame; ``check(width, height)`` refuses a frame size,
+    before anything is decoded (the header's size) and on the first frame."""
     with open_input(src) as inp:
         vin = video_stream(inp, src)
+        if vin.codec_context.width and vin.codec_context.height:
+            check(vin.codec_context.width, vin.codec_context.height)
         copies = copied_streams(inp)
         options = {"movflags": "+faststart"} if container in ("mp4", "mov") else {}
         with writing(dst), av.open(str(tmp), "w", format=container, options=options) as out:
+            check_codec(out, codec, dst)
             check_copies(copies, out, src, dst)
-            enc = Encoder(out, add_video(out, vin, codec), dst, pix_fmt, crf, scale)
+            enc = Encoder(out, add_video(out, vin, codec), dst, pix_fmt, crf, scale, check)
             try:
                 mapped = add_copies(out, copies)
                 copy_metadata(inp, out)

@@ -6,6 +6,7 @@ the input, ``writing`` for the output): PyAV's own errors never reach the user.
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,6 +87,25 @@ def check_copies(copies: list[av.stream.Stream], out: OutputContainer, src: Path
             hint = src.suffix.lower() if src.suffix.lower() in (".mkv", ".mp4", ".mov") else ".mkv"
             raise VideoError(f"{src}: its {s.type} stream #{s.index} ({name}) cannot be copied into a "
                              f"{dst.suffix.lower()} file; write a {hint} file instead")
+
+
+def check_codec(out: OutputContainer, codec: str, dst: Path) -> None:
+    """Refuse, before any frame, an encoder whose video ``dst``'s container cannot hold (H.264 in
+    WebM, PNG in Matroska), naming the containers that can."""
+    from .paths import CONTAINERS
+
+    name = av.codec.Codec(codec, "w").canonical_name
+    if name in out.supported_codecs:
+        return
+    able = [suffix for suffix, fmt in CONTAINERS.items() if _holds(fmt, name)]
+    where = f"write a {' or '.join(able)} file" if able else "choose another --codec"
+    hint = " or pass --codec libvpx-vp9 (WebM holds VP9 and AV1 only)" if dst.suffix.lower() == ".webm" else ""
+    raise UsageError(f"{dst}: a {dst.suffix.lower()} file cannot hold {codec} video; {where}{hint}")
+
+
+def _holds(fmt: str, codec: str) -> bool:
+    with av.open(io.BytesIO(), "w", format=fmt) as probe:
+        return codec in probe.supported_codecs
 
 
 def pick_codec(name: str, default: str = "libx264") -> str:

@@ -24,13 +24,23 @@ if TYPE_CHECKING:
     from ..api import ModelLike
 
 INSTALL = 'pip install "reprfn[video]"'
-MAX_CRF = 63  # the largest any codec with a crf takes (x264: 51; VP9 and AV1: 63), checked by the encoder
+# Bytes the output side holds per output pixel besides the model's run: the upscaled RGB frames
+# waiting for the encoder (two in ``pipeline.Serial`` and one converting, 3 bytes a pixel) and
+# x264's look-ahead (about 40 frames of 4:2:0, 1.5 bytes a pixel).
+ENCODER_BYTES_PER_PIXEL = 3 * 3 + 60
+MAX_CRF = 63  # the largest any codec with a crf takes (VP9 and AV1)
+# Lower ceilings: x264 and x265 clamp a larger crf to 51 without a word, so it is refused here.
+CODEC_MAX_CRF = {"libx264": 51, "libx264rgb": 51, "libx265": 51}
 
 
-def check_crf(crf: object, name: str = "crf") -> int:
-    """A whole number in 0..63 (PyAV not needed: the command line checks it before the batch)."""
+def check_crf(crf: object, name: str = "crf", codec: str | None = None) -> int:
+    """A whole number in 0..63, or 0..51 for ``codec`` x264 and x265 (PyAV not needed: the
+    command line checks it before the batch)."""
     if not isinstance(crf, int) or isinstance(crf, bool) or not 0 <= crf <= MAX_CRF:
         raise UsageError(f"{name} must be a whole number from 0 (lossless with x264) to {MAX_CRF}, got {crf!r}")
+    top = CODEC_MAX_CRF.get(codec or "", MAX_CRF)
+    if crf > top:
+        raise UsageError(f"{name} {crf}: {codec} takes 0 to {top} (it would quietly use {top})")
     return crf
 
 
@@ -46,7 +56,8 @@ def require_av() -> ModuleType:
 def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, scale: int | None = 4, model: ModelLike = None, *,
                   tile: int | str = "auto", device: str | Any = "auto", precision: PrecisionChoice = "auto",
                   pad: int = DEFAULT_PAD, backend: Backend = "auto", crf: int = 18, codec: str = "libx264",
-                  pix_fmt: str | None = None, progress: bool = False, overwrite: bool = False) -> Path:
+                  pix_fmt: str | None = None, progress: bool = False, overwrite: bool = False,
+                  max_pixels: int | None = None) -> Path:
     """Upscale the video stream of ``src`` frame by frame into ``dst`` (.mp4, .m4v, .mov, .mkv or
     .webm) and copy its audio and subtitle streams untouched; return ``dst``.
 
@@ -61,10 +72,12 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, scale: int | N
     ``scale``, ``model``, ``tile``, ``device``, ``precision``, ``pad`` and ``backend`` are those of
     ``reprfn.upscale``; the model is prepared once and runs on every frame (tiles when a frame is
     too large for memory). Refused before any work: ``dst`` being ``src``, an existing ``dst``
-    unless ``overwrite``, a container reprfn does not write, an unknown codec. The file is written
-    to a temporary name and renamed at the end: a failure or an interrupt leaves no ``dst``, and
-    an earlier ``dst`` (with ``overwrite``) untouched. ``progress``: a bar on stderr (frames,
-    frames/s, time left).
+    unless ``overwrite``, a container reprfn does not write, an unknown codec, a ``crf`` the codec
+    does not take. Refused before any frame is upscaled (``frame_guard``): frames over
+    ``max_pixels`` (default that of images, 200 million; 0 lifts it), or too large for memory
+    once upscaled and encoded. The file is written to a temporary name and renamed at the end: a
+    failure or an interrupt leaves no ``dst``, and an earlier ``dst`` (with ``overwrite``)
+    untouched. ``progress``: a bar on stderr (frames, frames/s, time left).
     """
     from ..api import check_pad, check_tile, resolve_model
     from ..runtime.hardware import resolve_device
@@ -76,7 +89,7 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, scale: int | N
     from .pipeline import transcode
     from .streams import output_pix_fmt, pick_codec
 
-    check_crf(crf)
+    check_crf(crf, codec=codec)
     refuse_collisions([(src, dst)])
     container = container_of(dst)
     if dst.exists() and not overwrite:
@@ -90,13 +103,39 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, scale: int | N
     with ExitStack() as stack, atomic_path(dst) as tmp:
         try:
             transcode(src, tmp, dst, container, chosen, pix, crf, net.info.scale, upscale,
-                      lambda inp, vin: _bar(stack, inp, vin, src, progress))
+                      lambda inp, vin: _bar(stack, inp, vin, src, progress),
+                      frame_guard(net, src, max_pixels=max_pixels, tile=tile, pad=pad))
         except MemoryError:
             raise ResourceError(f"{src}: out of memory upscaling a frame: use a smaller --tile or --scale") from None
         except ReprfnError as exc:  # the model's refusals (non-finite output, memory) name the file
             message = str(exc)
             raise type(exc)(message if str(src) in message or str(dst) in message else f"{src}: {message}") from None
     return dst
+
+
+def frame_guard(net: Any, src: Path, *, max_pixels: int | None, tile: int | str,
+                pad: int) -> Callable[[int, int], None]:
+    """The check of a frame size (width, height), run on the size the header states before any
+    frame is decoded, and on the first frame's (a header can lie): frames over ``max_pixels`` (a
+    small file of huge frames, as a decompression bomb) or whose upscaled frame, encoder frames and
+    smallest forward do not fit in memory are refused (``ResourceError``) before any is upscaled."""
+    from ..images import DEFAULT_MAX_PIXELS
+    from ..runtime.memory import MIN_TILE, check_memory
+
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels or None
+    scale = net.info.scale
+
+    def check(width: int, height: int) -> None:
+        pixels = width * height
+        if limit is not None and pixels > limit:
+            raise ResourceError(f"{src}: its {width}x{height} frames are {pixels:,} pixels, over the limit of "
+                                f"{limit:,} that guards against decompression bombs; raise it with --max-pixels "
+                                "if you trust the file")
+        out = pixels * scale ** 2
+        check_memory(height, width, scale, out * 3, tile=MIN_TILE if tile == "auto" else int(tile), pad=pad,
+                     device=net.device, bytes_per_pixel=net.bytes_per_pixel, reserve=out * ENCODER_BYTES_PER_PIXEL)
+
+    return check
 
 
 def frame_upscaler(net: Any, **kw: Any) -> Callable[[np.ndarray], np.ndarray]:

@@ -1,0 +1,111 @@
+"""Hostile videos and video flags: every refusal is one line before any frame is upscaled, and
+nothing is written; odd but valid inputs give a file that decodes whole. Clips are tiny (32x24, a
+few frames) and made with PyAV in tmp_path; the model is nearest-neighbour (``test_video.Nearest``)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+import reprfn
+from reprfn.errors import ResourceError, UsageError
+
+from .test_video import Nearest, cli, leftovers, make_video, probe, tiny, weights  # noqa: F401 - fixtures
+
+av = pytest.importorskip("av")
+
+
+def counting_upscaler(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the frames given to the model: a refusal "before any work" leaves it at 0."""
+    import reprfn.video.upscale as video_upscale
+
+    calls: list[int] = []
+    original = video_upscale.frame_upscaler
+
+    def counting(net, **kw):
+        run = original(net, **kw)
+        return lambda rgb: (calls.append(1), run(rgb))[1]
+
+    monkeypatch.setattr(video_upscale, "frame_upscaler", counting)
+    return calls
+
+
+def lying_header(path: Path, width: int, height: int) -> None:
+    """A 700-byte Matroska file whose raw video stream says ``width`` x ``height``: two 64-byte
+    packets, so a decoder would allocate a huge frame before finding the data short."""
+    with av.open(str(path), "w", format="matroska") as out:
+        s = out.add_stream("rawvideo", rate=25)
+        s.width, s.height, s.pix_fmt = width, height, "gray"
+        s.time_base = Fraction(1, 25)
+        out.start_encoding()
+        for i in range(2):
+            packet = av.Packet(bytes(64))
+            packet.stream, packet.pts, packet.dts, packet.time_base, packet.duration = s, i, i, Fraction(1, 25), 1
+            out.mux(packet)
+
+
+def test_huge_frames_are_refused_from_the_header(tmp_path, weights, capsys, monkeypatch):  # noqa: F811
+    src, dst = tmp_path / "bomb.mkv", tmp_path / "o.mkv"
+    lying_header(src, 16000, 16000)
+    calls = counting_upscaler(monkeypatch)
+    code, err = cli(["-i", str(src), "-o", str(dst), "-w", str(weights)], capsys)
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"reprfn: error: {src}: its 16000x16000 frames are 256,000,000 pixels, "
+                             "over the limit"), err
+    assert calls == [] and not dst.exists() and leftovers(tmp_path) == []
+
+
+def test_max_pixels_and_memory_are_checked_before_any_frame(tmp_path, monkeypatch):
+    src, dst = tmp_path / "a.mp4", tmp_path / "o.mp4"
+    make_video(src, 3)  # 32x24
+    calls = counting_upscaler(monkeypatch)
+    with pytest.raises(ResourceError, match=r"a\.mp4: its 32x24 frames are 768 pixels, over the limit of 700"):
+        reprfn.upscale_video(src, dst, scale=2, model=Nearest(), max_pixels=700)
+    import reprfn.runtime.memory as memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 200_000)  # 200 KB: not one 64x48 frame
+    with pytest.raises(ResourceError, match=r"a\.mp4: the x2 output would be 64x48 .* but 0 MB is available"):
+        reprfn.upscale_video(src, dst, scale=2, model=Nearest(), max_pixels=0)
+    assert calls == [] and not dst.exists() and leftovers(tmp_path) == []
+
+
+def test_a_codec_the_container_cannot_hold_is_one_line(tmp_path, weights, capsys):  # noqa: F811
+    src = tmp_path / "a.mp4"
+    make_video(src, 2)
+    for dst, codec, words in [
+        (tmp_path / "o.webm", "libx264", "a .webm file cannot hold libx264 video; write a .mp4 or .m4v or .mov or "
+                                         ".mkv file or pass --codec libvpx-vp9"),
+        (tmp_path / "o.mkv", "png", "a .mkv file cannot hold png video; write a .mp4 or .m4v or .mov file"),
+    ]:
+        code, err = cli(["-i", str(src), "-o", str(dst), "-w", str(weights), "--codec", codec], capsys)
+        assert code == 2 and len(err) == 1 and words in err[0] and "internal error" not in err[0], err
+        assert not dst.exists()
+    assert leftovers(tmp_path) == []
+    reprfn.upscale_video(src, tmp_path / "o.webm", scale=2, model=Nearest(), codec="libvpx-vp9")
+    assert len(probe(tmp_path / "o.webm")["times"]) == 2
+
+
+def test_crf_above_what_x264_takes_is_refused(tmp_path, weights, capsys):  # noqa: F811
+    src = tmp_path / "a.mp4"
+    make_video(src, 2)
+    code, err = cli(["-i", str(src), "-o", str(tmp_path / "o.mp4"), "-w", str(weights), "--crf", "60"], capsys)
+    assert code == 2 and err == ["reprfn: error: --crf 60: libx264 takes 0 to 51 (it would quietly use 51)"], err
+    with pytest.raises(UsageError, match="crf 52: libx265 takes 0 to 51"):
+        reprfn.upscale_video(src, tmp_path / "o.mkv", scale=2, model=Nearest(), codec="libx265", crf=52)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.mp4"]
+
+
+@pytest.mark.parametrize("kind", ["gray", "yuv420p10le", "bgra", "repeated_pts", "odd_x3"])
+def test_odd_but_valid_inputs_give_a_whole_video(tmp_path, kind):
+    src, dst = tmp_path / "a.mkv", tmp_path / "o.mkv"
+    size, scale = ((23, 31), 3) if kind == "odd_x3" else ((24, 32), 2)
+    codec, pix = {"gray": ("ffv1", "gray"), "bgra": ("ffv1", "bgra"),
+                  "yuv420p10le": ("libx264", "yuv420p10le")}.get(kind, ("libx264rgb", "rgb24"))
+    make_video(src, 5, size=size, codec=codec, pix_fmt=pix, pts=[0, 1, 1, 2, 4] if kind == "repeated_pts" else None)
+    reprfn.upscale_video(src, dst, scale=scale, model=Nearest(scale))
+    info = probe(dst)
+    assert len(info["rgb"]) == 5 and info["format"] == "yuv420p"
+    assert info["rgb"][0].shape[:2] == (size[0] * scale + size[0] % 2, size[1] * scale + size[1] % 2)
+    assert info["times"] == sorted(set(info["times"]))  # increasing: the repeated timestamp moved on
