@@ -318,3 +318,13 @@ def test_evaluate_dataset_refuses_collisions(tmp_path):
     assert not (tmp_path / "sr").exists()
     result = evaluate_dataset(Bicubic(2), tmp_path / "d", 2)  # without saving, both are measured
     assert len(result.images) == 2
+
+
+def test_an_output_under_a_file_is_refused_naming_it(tmp_path):
+    """``-o afile/x.png`` where ``afile`` is a file: said so, before the image is decoded (was the
+    mkdir's "File exists")."""
+    src = _image(tmp_path / "a.png", 0)
+    (tmp_path / "afile").write_text("")
+    model = reprfn.load_model(bundled_weights(2))
+    with pytest.raises(UsageError, match="afile is not a directory"):
+        reprfn.upscale_file(model, src, tmp_path / "afile" / "x.png")

@@ -19,6 +19,7 @@ from torch import nn
 
 from .checkpoint import bundled_weights, load_model
 from .errors import ReprfnError, ResourceError, UsageError
+from .files import check_writable
 from .images import IMAGE_SUFFIXES, Picture, load_picture, save_picture, write_memory
 from .models import SRModel
 from .outputs import refuse_collisions
@@ -219,6 +220,7 @@ def upscale_file(model: nn.Module | Runner, src: str | os.PathLike, dst: str | o
     from .images import DEFAULT_MAX_PIXELS
 
     refuse_collisions([(src, dst)])
+    check_writable(dst, "image")  # a parent that is a file: said so, before the image is read
     if "tile" in kw:
         kw["tile"] = check_tile(kw["tile"])
     if "pad" in kw:
