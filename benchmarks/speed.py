@@ -358,6 +358,14 @@ def complexity_table() -> str:
     return "\n".join(lines)
 
 
+def isa_note() -> str:
+    """The oneDNN instruction-set cap in force, in words ('' when none): a run under
+    ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` is this CPU without AMX (PyTorch's and OpenVINO's
+    oneDNN both obey it; ONNX Runtime's own kernels do not, and use no AMX in fp32 anyway)."""
+    cap = hardware.onednn_isa_cap()
+    return "" if cap is None else f" oneDNN capped at {cap} (ONEDNN_MAX_CPU_ISA; AMX {'on' if hardware.cpu_has_amx() else 'off'})."
+
+
 def write_docs(results: list[dict], mem: list[dict], args) -> None:
     threads = torch.get_num_threads()
     parts = [BEGIN, "", "Complexity (`reprfn profile`, the NTIRE counter's conventions; x4):", "",
@@ -367,7 +375,7 @@ def write_docs(results: list[dict], mem: list[dict], args) -> None:
              "baseline time / variant time in the same round. GFLOP/s = 2 x the counter's conv MACs "
              "per second; the plain 48-channel 3x3 conv at the same size is the machine's reference. "
              "CPU flags: " + (" ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_fp16")
-                                      if f in hardware.cpu_flags()) or "(not read)") + ".", ""]
+                                      if f in hardware.cpu_flags()) or "(not read)") + "." + isa_note(), ""]
     for res in results:
         rates = res["conv_gflops"]
         parts += [f"**{res['size']}** (plain 3x3 conv, 48 channels: {rates['nchw']:.0f} GFLOP/s NCHW, "
@@ -419,7 +427,8 @@ def main() -> None:
     args.rfdn = (reprfn.load_model(OFFICIAL_RFDN) if OFFICIAL_RFDN.is_file() else build("rfdn")).eval()
     args.imdn = build("imdn").eval()
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_fp16", "amx_int8")
-    print("CPU flags (of " + ", ".join(wanted) + "): " + " ".join(f for f in wanted if f in hardware.cpu_flags()))
+    print("CPU flags (of " + ", ".join(wanted) + "): " + " ".join(f for f in wanted if f in hardware.cpu_flags())
+          + isa_note())
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, weights: {args.weights_name}; "
           f"fused oneDNN ops: {fused_ops_available()}, NNPACK: {winograd_available()}")
     results = []

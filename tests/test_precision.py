@@ -5,6 +5,9 @@ against the float32 model on photo crops, tiles to 2 levels of the whole image."
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -74,6 +77,49 @@ def test_bf16_pays_with_amx_or_a_measured_gain(monkeypatch, tmp_path):
     blocked.write_text("")
     monkeypatch.setenv("REPRFN_CACHE", str(blocked / "sub"))  # cannot be written: measured, not remembered
     assert not hw.cpu_bf16_pays() and not hw.cpu_bf16_pays() and len(measured) == 4
+
+
+def test_a_onednn_isa_cap_below_amx_turns_amx_off(monkeypatch):
+    """``ONEDNN_MAX_CPU_ISA`` (or the older ``DNNL_MAX_CPU_ISA``) below AMX keeps PyTorch's convs off
+    the matrix units: the policy follows the cap, not the CPU's flags."""
+    for name in hw.ISA_CAP_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hw, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16", "amx_bf16"}))
+    assert hw.onednn_isa_cap() is None and hw.cpu_has_amx()
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "avx512_core_bf16")
+    assert hw.onednn_isa_cap() == "AVX512_CORE_BF16" and not hw.cpu_has_amx()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")  # the newer name wins
+    assert hw.onednn_isa_cap() == "AVX512_CORE_AMX" and hw.cpu_has_amx()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "all")
+    assert hw.onednn_isa_cap() is None and hw.cpu_has_amx()
+    monkeypatch.setattr(hw, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX10_1_512_AMX")
+    assert not hw.cpu_has_amx()  # a cap cannot add what the CPU lacks
+
+
+def test_the_bf16_gain_is_remembered_per_isa_cap(monkeypatch, tmp_path):
+    monkeypatch.setenv("REPRFN_CACHE", str(tmp_path))
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    gains = iter([3.0, 0.7])
+    monkeypatch.setattr(hw, "conv_bf16_gain", lambda: next(gains))
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert hw.remembered_bf16_gain() == 3.0
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert hw.remembered_bf16_gain() == 0.7  # measured again under the cap, not read
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert hw.remembered_bf16_gain() == 3.0
+    assert sorted(json.loads((tmp_path / "bf16-gain.json").read_text()).values()) == [0.7, 3.0]
+
+
+def test_bf16_is_not_the_default_where_onednn_emulates_it(tmp_path):
+    """A real process with oneDNN capped at AVX2 (no bf16 instructions, emulated in software):
+    whatever this CPU is, ``auto`` is fp32 there."""
+    code = ("import torch; from reprfn.runtime import hardware as hw; "
+            "print(hw.resolve_precision('auto', torch.device('cpu')))")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "REPRFN_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "fp32"
 
 
 def test_conv_bf16_gain_is_a_measurement():

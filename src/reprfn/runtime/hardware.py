@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -49,9 +50,27 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # oneDNN reads the first set, in this order
+
+
+def onednn_isa_cap() -> str | None:
+    """The instruction set oneDNN (PyTorch's CPU convs) is limited to, upper case, or None.
+
+    ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` keeps oneDNN off AMX on a CPU that has it (to compare,
+    or to share the matrix units): the CPU's flags then overstate what PyTorch's convs will use,
+    so the precision policy must follow the cap, not the flags."""
+    for name in ISA_CAP_VARIABLES:
+        value = os.environ.get(name, "").strip().upper()
+        if value:
+            return None if value in ("ALL", "DEFAULT") else value
+    return None
+
+
 def cpu_has_amx() -> bool:
-    """Intel AMX with bf16 tiles (Sapphire Rapids and later): where bf16 inference pays most."""
-    return "amx_bf16" in cpu_flags()
+    """Intel AMX with bf16 tiles (Sapphire Rapids and later), and oneDNN allowed to use it (no
+    ``onednn_isa_cap`` below AMX): where bf16 inference pays most."""
+    cap = onednn_isa_cap()
+    return "amx_bf16" in cpu_flags() and (cap is None or "AMX" in cap)
 
 
 def cpu_name() -> str:
@@ -87,7 +106,8 @@ def conv_bf16_gain(rounds: int = 7) -> float:
 def remembered_bf16_gain() -> float:
     """``conv_bf16_gain`` measured once per CPU, torch version and thread count, then read from
     ``<cache>/bf16-gain.json`` (measured again, not remembered, where the cache cannot be written)."""
-    key = f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    cap = onednn_isa_cap()
+    key = f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads" + (f" | {cap}" if cap else "")
     path = cache_dir() / "bf16-gain.json"
     try:
         known = json.loads(path.read_text())
@@ -107,8 +127,9 @@ def remembered_bf16_gain() -> float:
 
 def cpu_bf16_pays() -> bool:
     """Whether ``auto`` runs bf16 on this CPU: with AMX always; with AVX512-BF16 alone (e.g. AMD
-    Zen 4, where a conv measured about 3.3x earlier) when ``remembered_bf16_gain`` says so;
-    never without bf16 instructions (emulated bf16 is slower than fp32)."""
+    Zen 4, where a conv measured about 3.3x earlier) when ``remembered_bf16_gain`` says so, as
+    measured under the ``onednn_isa_cap`` in force (capped below AVX512_CORE_BF16, oneDNN emulates
+    bf16); never without bf16 instructions (emulated bf16 is slower than fp32)."""
     if cpu_has_amx():
         return True
     return "avx512_bf16" in cpu_flags() and remembered_bf16_gain() >= BF16_GAIN
