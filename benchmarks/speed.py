@@ -363,7 +363,8 @@ def isa_note() -> str:
     ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` is this CPU without AMX (PyTorch's and OpenVINO's
     oneDNN both obey it; ONNX Runtime's own kernels do not, and use no AMX in fp32 anyway)."""
     cap = hardware.onednn_isa_cap()
-    return "" if cap is None else f" oneDNN capped at {cap} (ONEDNN_MAX_CPU_ISA; AMX {'on' if hardware.cpu_has_amx() else 'off'})."
+    amx = "on" if hardware.cpu_has_amx() else "off"
+    return "" if cap is None else f" oneDNN capped at {cap} (ONEDNN_MAX_CPU_ISA; AMX {amx})."
 
 
 def write_docs(results: list[dict], mem: list[dict], args) -> None:

@@ -245,3 +245,40 @@ def test_an_internal_error_is_one_line_and_exit_2(capsys, monkeypatch):
     monkeypatch.setenv("REPRFN_DEBUG", "1")
     with pytest.raises(RuntimeError, match="second line"):
         run(broken, argparse.Namespace())
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line(tmp_path):
+    """Ctrl-C while PyTorch loads (the command's first second) ended in Python's traceback: no
+    handler of ours ran yet. A stand-in ``torch`` that takes a minute to import makes that moment
+    last; the interrupt is one line and exit 130, as it is later."""
+    slow = tmp_path / "slow" / "torch"
+    slow.mkdir(parents=True)
+    (slow / "__init__.py").write_text("import time\nopen(__file__ + '.importing', 'w').close()\ntime.sleep(60)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "slow"), *sys.path])}
+    proc = subprocess.Popen([sys.executable, "-m", "reprfn", "info"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    marker = slow / "__init__.py.importing"
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert marker.exists(), "the stand-in torch was never imported"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and err == "reprfn: interrupted\n", err
+
+
+def test_the_console_script_is_the_launcher():
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert 'reprfn = "reprfn.launch:main"' in text
+    code = "import sys, reprfn; import reprfn.launch; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr  # nothing heavy before the handler is in place
+
+
+def test_the_package_exports_what_it_lists():
+    import reprfn
+
+    assert set(reprfn.__all__) == {"__version__", *reprfn._EXPORTS}
+    assert all(getattr(reprfn, name) is not None for name in reprfn.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        reprfn.nope  # noqa: B018

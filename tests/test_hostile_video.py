@@ -109,3 +109,21 @@ def test_odd_but_valid_inputs_give_a_whole_video(tmp_path, kind):
     assert len(info["rgb"]) == 5 and info["format"] == "yuv420p"
     assert info["rgb"][0].shape[:2] == (size[0] * scale + size[0] % 2, size[1] * scale + size[1] % 2)
     assert info["times"] == sorted(set(info["times"]))  # increasing: the repeated timestamp moved on
+
+
+def test_an_image_under_a_video_name_is_refused(tmp_path, weights, capsys):  # noqa: F811
+    """A PNG renamed .mp4 was upscaled as a one-frame H.264 video; now one line naming what it is,
+    and a folder of videos goes on with the others."""
+    from reprfn.export import sample_image
+
+    fake = tmp_path / "in" / "photo.mp4"
+    fake.parent.mkdir()
+    fake.write_bytes(Path(sample_image()).read_bytes())
+    make_video(tmp_path / "in" / "clip.mp4", 2)
+    code, err = cli(["-i", str(fake), "-o", str(tmp_path / "o.mp4"), "-w", str(weights)], capsys)
+    assert code == 2 and err == [f"reprfn: error: {fake}: a still image (PNG), not a video; rename it to .png "
+                                 "to upscale it as an image"], err
+    assert not (tmp_path / "o.mp4").exists() and leftovers(tmp_path) == []
+    code, err = cli(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-w", str(weights)], capsys)
+    assert code != 0 and any("photo.mp4: a still image" in line for line in err), err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["clip.mp4"]

@@ -1,8 +1,9 @@
 """The ``reprfn`` command line. Every failure is one line on stderr and a non-zero exit.
 
 ``parser`` builds the flags of every subcommand; ``commands`` and ``evaluation`` implement them;
-``status`` turns a command's failure into its one line and exit status. ``main`` is the console
-script (``reprfn = reprfn.cli:main``) and ``python -m reprfn``.
+``status`` turns a command's failure into its one line and exit status. ``main`` is what the console
+script (``reprfn = reprfn.launch:main``) and ``python -m reprfn`` run, once ``launch`` has
+imported it (a Ctrl-C while PyTorch loads is answered there).
 """
 
 from __future__ import annotations

@@ -62,8 +62,19 @@ def open_input(src: Path) -> InputContainer:
         raise VideoError(f"{src}: not a video FFmpeg can read, or corrupt ({_why(exc)})") from None
 
 
+IMAGE_DEMUXERS = {"png_pipe": ".png", "jpeg_pipe": ".jpg", "webp_pipe": ".webp", "bmp_pipe": ".bmp",
+                  "tiff_pipe": ".tif", "image2": "its image suffix"}
+"""FFmpeg's readers of a single still image: a file they open is a photo under a video's name."""
+
+
 def video_stream(inp: InputContainer, src: Path) -> av.VideoStream:
-    """The video stream to upscale: the first that is not cover art (an attached picture)."""
+    """The video stream to upscale: the first that is not cover art (an attached picture). A
+    still image under a video's name (``photo.png`` renamed ``photo.mp4``) is refused: upscaled,
+    it would become a one-frame video, not the image its owner meant."""
+    suffix = IMAGE_DEMUXERS.get(inp.format.name)
+    if suffix is not None:
+        raise VideoError(f"{src}: a still image ({inp.format.name.removesuffix('_pipe').upper()}), not a video; "
+                         f"rename it to {suffix} to upscale it as an image")
     streams = [s for s in inp.streams.video if not s.disposition & Disposition.attached_pic]
     if not streams:
         kinds = ", ".join(sorted({str(s.type) for s in inp.streams})) or "no streams at all"
