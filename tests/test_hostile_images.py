@@ -413,7 +413,7 @@ try:
 except OSError:  # older kernels: the peak then also covers start-up, which is below the RSS now
     pass
 base = status("VmRSS:")
-upscale_file(Nearest(), sys.argv[1], sys.argv[2], tile=250)
+upscale_file(Nearest(), sys.argv[1], sys.argv[2], tile=250, overwrite=True)
 print(base, status("VmHWM:"))
 """
 

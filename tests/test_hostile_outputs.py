@@ -259,6 +259,20 @@ def test_upscale_file_refuses_to_overwrite_its_input(tmp_path):
     assert Image.open(tmp_path / "o.png").size == (48, 48)
 
 
+def test_upscale_file_replaces_an_existing_output_only_when_asked(tmp_path):
+    """As ``upscale_video``: an existing ``dst`` is refused (it was silently replaced), kept whole;
+    ``overwrite=True`` replaces it once the new file is complete (the CLI's ``-o`` asks for that)."""
+    src = _image(tmp_path / "a.png", 1)
+    dst = tmp_path / "o.png"
+    dst.write_bytes(b"keep me")
+    model = load_model(bundled_weights(2))
+    with pytest.raises(UsageError, match=r"o\.png: exists; pass overwrite=True to replace it"):
+        reprfn.upscale_file(model, src, dst)
+    assert dst.read_bytes() == b"keep me"
+    assert reprfn.upscale_file(model, src, dst, overwrite=True) == dst
+    assert Image.open(dst).size == (48, 48)
+
+
 @pytest.mark.parametrize("suffix", [".png", ".tif"])  # newer Pillow turns a TIFF itself when it loads
 def test_pil_exif_orientation_applied_as_for_files(tmp_path, suffix):
     """A photo taken sideways: the CLI reads the file upright; a PIL image of it must come out

@@ -211,15 +211,18 @@ def _upscale_tensor(net: Runner, image: torch.Tensor, **kw: Any) -> torch.Tensor
 
 
 def upscale_file(model: nn.Module | Runner, src: str | os.PathLike, dst: str | os.PathLike, *,
-                 max_pixels: int | None = None, quality: int = 95, **kw: Any) -> Path:
+                 max_pixels: int | None = None, quality: int = 95, overwrite: bool = False, **kw: Any) -> Path:
     """Read ``src``, upscale it, write ``dst`` atomically (no partial file, ever).
 
-    Refused before any work: ``dst`` being ``src`` (as ``reprfn upscale`` refuses), a bad ``tile``
-    or ``pad`` (as ``reprfn.upscale``).
+    Refused before any work: ``dst`` being ``src`` (as ``reprfn upscale`` refuses), an existing
+    ``dst`` unless ``overwrite`` (as ``reprfn.upscale_video``; it is then replaced only once the
+    new file is complete), a bad ``tile`` or ``pad`` (as ``reprfn.upscale``).
     """
     from .images import DEFAULT_MAX_PIXELS
 
     refuse_collisions([(src, dst)])
+    if Path(dst).exists() and not overwrite:
+        raise UsageError(f"{dst}: exists; pass overwrite=True to replace it (once the new one is complete)")
     check_writable(dst, "image")  # a parent that is a file: said so, before the image is read
     if "tile" in kw:
         kw["tile"] = check_tile(kw["tile"])

@@ -152,7 +152,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
                               crf=args.crf, codec=args.codec, progress=not args.quiet, overwrite=True,
                               max_pixels=args.max_pixels)
             else:
-                upscale_file(model, src, dst, max_pixels=args.max_pixels, tile=tile, pad=pad,
+                upscale_file(model, src, dst, max_pixels=args.max_pixels, tile=tile, pad=pad, overwrite=True,
                              device=device, precision=args.precision)
             written += 1
             if not args.quiet and len(plan) == 1:
