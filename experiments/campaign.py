@@ -11,6 +11,9 @@ machine change). The package never ships this folder.
     python experiments/campaign.py curve runs/x4campaign runs/x4c2 --offset x4c2=8250 --plot docs/campaign.png
         # ... and their curve against the campaign's iterations (a stage started from an earlier
         # stage's snapshot at iteration N is drawn from N on)
+    python experiments/campaign.py soup START.safetensors STAGE.safetensors --alpha 0.5 --out SOUP.safetensors
+        # the weights (1 - alpha) * START + alpha * STAGE: a stage that gained on some sets and
+        # lost on one can land between, better on all (measure it with `reprfn eval`)
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from reprfn.checkpoint import save_model
+from reprfn.checkpoint import load_model, save_model
 from reprfn.config import parse_config
 from reprfn.train import build_model
 
@@ -80,6 +83,29 @@ def plot(rows: list[tuple[str, int, float]], offsets: dict[str, int], out: Path)
     return out
 
 
+def interpolate(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
+                alpha: float) -> dict[str, torch.Tensor]:
+    """``(1 - alpha) * start + alpha * end``, weight by weight ("model soup", WiSE-FT): two points
+    of one fine-tuning path (a model and a later stage trained from it) share their basin, so the
+    line between them stays good and may be better than either end on sets where they differ.
+    Exact at the ends; both must hold the same weights with the same shapes."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], not {alpha}")
+    if start.keys() != end.keys() or any(start[k].shape != end[k].shape for k in start):
+        raise ValueError("the two models do not hold the same weights (architecture, scale or form differ)")
+    return {k: start[k] if alpha == 0 else end[k] if alpha == 1 else torch.lerp(start[k], end[k], alpha)
+            for k in start}
+
+
+def soup(start: Path, end: Path, alpha: float, out: Path) -> Path:
+    """``interpolate`` two weight files of one architecture, scale and form into ``out``."""
+    a, b = load_model(start), load_model(end)
+    if (a.config(), a.form) != (b.config(), b.form):
+        raise ValueError(f"{start} and {end} differ: {a.config()} {a.form} vs {b.config()} {b.form}")
+    a.load_state_dict(interpolate(a.state_dict(), b.state_dict(), alpha))
+    return save_model(a, out, extra={"soup": f"{1 - alpha:g} x {start.name} + {alpha:g} x {end.name}"})
+
+
 def _offset(text: str) -> tuple[str, int]:
     name, _, value = text.partition("=")
     return name, int(value)
@@ -96,9 +122,16 @@ def main() -> None:
     p.add_argument("--offset", type=_offset, action="append", default=[], metavar="RUN=ITERATION",
                    help="a stage that started from another stage's snapshot at that iteration")
     p.add_argument("--plot", type=Path, metavar="PNG", help="also draw the curves")
+    p = sub.add_parser("soup")
+    p.add_argument("start", type=Path)
+    p.add_argument("end", type=Path)
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of END (0: START, 1: END)")
+    p.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     if args.command == "snapshot":
         print(snapshot(args.run_dir, args.out))
+    elif args.command == "soup":
+        print(soup(args.start, args.end, args.alpha, args.out))
     else:
         rows = curve(args.run_dirs)
         for run, iteration, value in rows:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import pytest
 import torch
 
 from reprfn import load_model
@@ -48,3 +49,35 @@ def test_curves_of_stages_are_drawn_on_the_campaign_axis(tmp_path):
     assert campaign.series(rows, {"s2": 400}) == {"s1": [(250, 31.61), (500, 31.63)], "s2": [(650, 31.64)]}
     png = campaign.plot(rows, {"s2": 400}, tmp_path / "docs" / "curve.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
+
+
+def test_interpolate_is_exact_at_its_ends_and_linear_between():
+    gen = torch.Generator().manual_seed(0)
+    a = {"w": torch.randn(4, 3, generator=gen), "b": torch.randn(4, generator=gen)}
+    b = {"w": torch.randn(4, 3, generator=gen), "b": torch.randn(4, generator=gen)}
+    assert all(torch.equal(campaign.interpolate(a, b, 0.0)[k], a[k]) for k in a)
+    assert all(torch.equal(campaign.interpolate(a, b, 1.0)[k], b[k]) for k in a)
+    mid = campaign.interpolate(a, b, 0.25)
+    assert all(torch.allclose(mid[k], 0.75 * a[k] + 0.25 * b[k]) for k in a)
+    for bad in ({"w": b["w"]}, {"w": b["w"], "b": torch.zeros(5)}):
+        with pytest.raises(ValueError, match="same weights"):
+            campaign.interpolate(a, bad, 0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        campaign.interpolate(a, b, 1.5)
+
+
+def test_soup_of_two_weight_files_is_a_loadable_model_between_them(tmp_path):
+    from reprfn import build, fuse, save_model
+
+    torch.manual_seed(0)
+    one, two = fuse(build("reprfn", scale=2)), fuse(build("reprfn", scale=2))
+    save_model(one, tmp_path / "a.safetensors")
+    save_model(two, tmp_path / "b.safetensors")
+    out = campaign.soup(tmp_path / "a.safetensors", tmp_path / "b.safetensors", 0.5, tmp_path / "s.safetensors")
+    got = load_model(out)
+    assert got.form == "deploy" and got.scale == 2
+    ref = campaign.interpolate(one.state_dict(), two.state_dict(), 0.5)
+    assert all(torch.allclose(got.state_dict()[k], ref[k]) for k in ref)
+    save_model(fuse(build("reprfn", scale=3)), tmp_path / "c.safetensors")
+    with pytest.raises(ValueError, match="differ"):
+        campaign.soup(tmp_path / "a.safetensors", tmp_path / "c.safetensors", 0.5, tmp_path / "t.safetensors")
