@@ -143,7 +143,8 @@ def compiled(model: torch.nn.Module, x: torch.Tensor) -> tuple[Callable, float]:
 
 
 def variants(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> dict[str, tuple[Callable, str]]:
-    """name -> (callable, kind); kind "same" = same function as the baseline (diffs reported)."""
+    """name -> (callable, kind); kind "same" = same function as the baseline (diffs reported),
+    "lossy" = the same in a lower precision (diffs and dPSNR reported), "other" = another model."""
     threads = torch.get_num_threads()
     cl = torch.channels_last
     out: dict[str, tuple[Callable, str]] = {
@@ -171,19 +172,21 @@ def variants(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) 
     except Exception as exc:  # noqa: BLE001 - report and go on
         print(f"  (TorchScript freeze failed: {type(exc).__name__}: {str(exc)[:100]})")
     # bf16: not the same function (8-bit mantissas), reported with its difference and dPSNR
-    out["bf16: fused oneDNN post-ops on a bf16 copy, channels-last"] = (FusedCPUEngine(model, "bf16"), "bf16")
-    out["bf16: autocast, channels-last"] = (TorchEngine(model, "cpu", "bf16", channels_last=True), "bf16")
+    out["bf16: fused oneDNN post-ops on a bf16 copy, channels-last"] = (FusedCPUEngine(model, "bf16"), "lossy")
+    out["bf16: autocast, channels-last"] = (TorchEngine(model, "cpu", "bf16", channels_last=True), "lossy")
     if openvino_available():
         path = cached_export(model, directory=tempfile.mkdtemp(prefix="reprfn-speed-"), check=False)
         out["bf16: OpenVINO (INFERENCE_PRECISION_HINT bf16)"] = (OpenVinoEngine(path, describe(model), threads, "bf16"),
-                                                                 "bf16")
+                                                                 "lossy")
+    emulated = "" if "amx_fp16" in hardware.cpu_flags() else " (no AMX-FP16 on this CPU)"
+    out[f"fp16: autocast, channels-last{emulated}"] = (TorchEngine(model, "cpu", "fp16", channels_last=True), "lossy")
     auto = hardware.resolve_precision("auto", torch.device("cpu"))
     out[f"**reprfn.upscale(tensor, model=m)**, default precision (auto: {auto})"] = (
-        lambda t: reprfn.upscale(t, model=model, tile=0, device="cpu"), "same" if auto == "fp32" else "bf16")
+        lambda t: reprfn.upscale(t, model=model, tile=0, device="cpu"), "same" if auto == "fp32" else "lossy")
     out["reprfn.upscale(tensor, model=m, precision='fp32')"] = (
         lambda t: reprfn.upscale(t, model=model, tile=0, device="cpu", precision="fp32"), "same")
     out[f"**reprfn.upscale(uint8 array, model=m)**, default precision ({auto}), tile auto"] = (
-        OnArrays(model=model, device="cpu"), "same" if auto == "fp32" else "bf16")
+        OnArrays(model=model, device="cpu"), "same" if auto == "fp32" else "lossy")
     out["reprfn.upscale(uint8 array, model=m, precision='fp32'), tile auto"] = (
         OnArrays(model=model, device="cpu", precision="fp32"), "same")
     if args.compile:
@@ -232,13 +235,13 @@ def mean_psnr_y(fn: Callable[[torch.Tensor], torch.Tensor], folder: Path) -> flo
 
 def dpsnr(fns: dict[str, tuple[Callable, str]]) -> dict[str, tuple[float, ...]]:
     """dPSNR (dB) on Set5 and Set14 x4 of every variant that computes the baseline's function,
-    exactly (``same``) or in bf16: what a precision costs, measured the protocol's way."""
+    exactly (``same``) or in a lower precision (``lossy``): what it costs, measured the protocol's way."""
     folders = [BENCH / name / "x4" for name in DPSNR_SETS]
     if not all(f.is_dir() for f in folders):
         return {}
     base = [mean_psnr_y(fns[BASELINE][0], f) for f in folders]
     return {name: tuple(mean_psnr_y(fn, f) - b for f, b in zip(folders, base, strict=True))
-            for name, (fn, kind) in fns.items() if kind in ("same", "bf16") and name != BASELINE}
+            for name, (fn, kind) in fns.items() if kind in ("same", "lossy") and name != BASELINE}
 
 
 def run_size(model, h: int, w: int, args) -> dict:
@@ -248,7 +251,7 @@ def run_size(model, h: int, w: int, args) -> dict:
         ref = model(x)
         diffs = {}
         for name, (fn, kind) in fns.items():
-            if kind in ("same", "bf16"):
+            if kind in ("same", "lossy"):
                 y = as_tensor(fn(x))
                 diffs[name] = ((y.clamp(0, 1) - ref.clamp(0, 1)).abs().max().item(),  # the API's outputs are clamped
                                (y.clamp(0, 1).mul(255).round() - ref.clamp(0, 1).mul(255).round()).abs().max().item())
