@@ -282,3 +282,24 @@ def test_the_package_exports_what_it_lists():
     assert all(getattr(reprfn, name) is not None for name in reprfn.__all__)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         reprfn.nope  # noqa: B018
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    """Every writer's file is 0666 less the umask, as any program's: safetensors replaces the file
+    it is given with a 0600 one, so checkpoints (``reprfn fuse``, training's weights) were readable
+    by their owner alone; a plain writer's file too."""
+    from reprfn import build, save_model
+
+    umask = os.umask(0o022)
+    try:
+        weights = save_model(build("reprfn", scale=2), tmp_path / "m.safetensors")
+        with atomic_path(tmp_path / "plain.txt") as tmp:
+            tmp.write_text("x")
+        assert (weights.stat().st_mode & 0o777) == 0o644
+        assert ((tmp_path / "plain.txt").stat().st_mode & 0o777) == 0o644
+        os.umask(0o077)
+        with atomic_path(tmp_path / "private.txt") as tmp:
+            tmp.write_text("x")
+        assert ((tmp_path / "private.txt").stat().st_mode & 0o777) == 0o600  # the umask is honoured
+    finally:
+        os.umask(umask)

@@ -34,10 +34,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         except OSError as exc:  # its message names a random temporary name, not the file asked for
             raise OSError(exc.errno, exc.strerror, str(path)) from None
         os.close(fd)
+        yield Path(tmp)
+        # the usual permissions (0666 less the umask), set after the writer: mkstemp makes 0600
+        # files, and some writers replace the file they are given with their own 0600 one
+        # (safetensors' save_file does), which left checkpoints readable by their owner alone
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except OSError as exc:
         if tmp is None or not (exc.filename == tmp or tmp in str(exc)):
