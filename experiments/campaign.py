@@ -97,13 +97,14 @@ def interpolate(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
             for k in start}
 
 
-def soup(start: Path, end: Path, alpha: float, out: Path) -> Path:
-    """``interpolate`` two weight files of one architecture, scale and form into ``out``."""
+def soup(start: Path, end: Path, alpha: float, out: Path, meta: dict[str, str] | None = None) -> Path:
+    """``interpolate`` two weight files of one architecture, scale and form into ``out`` (with
+    ``meta`` added to its metadata: what a bundled model says it saw)."""
     a, b = load_model(start), load_model(end)
     if (a.config(), a.form) != (b.config(), b.form):
         raise ValueError(f"{start} and {end} differ: {a.config()} {a.form} vs {b.config()} {b.form}")
     a.load_state_dict(interpolate(a.state_dict(), b.state_dict(), alpha))
-    return save_model(a, out, extra={"soup": f"{1 - alpha:g} x {start.name} + {alpha:g} x {end.name}"})
+    return save_model(a, out, extra={"soup": f"{1 - alpha:g} x {start.name} + {alpha:g} x {end.name}", **(meta or {})})
 
 
 def _offset(text: str) -> tuple[str, int]:
@@ -127,11 +128,12 @@ def main() -> None:
     p.add_argument("end", type=Path)
     p.add_argument("--alpha", type=float, default=0.5, help="weight of END (0: START, 1: END)")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE", help="metadata to add")
     args = ap.parse_args()
     if args.command == "snapshot":
         print(snapshot(args.run_dir, args.out))
     elif args.command == "soup":
-        print(soup(args.start, args.end, args.alpha, args.out))
+        print(soup(args.start, args.end, args.alpha, args.out, dict(m.split("=", 1) for m in args.meta)))
     else:
         rows = curve(args.run_dirs)
         for run, iteration, value in rows:
