@@ -121,7 +121,7 @@ def test_peak_memory_of_a_forward_grows_with_the_input():
 
 
 def test_runtime_reports_median_and_threads(monkeypatch):
-    import reprfn.profile as profile
+    import reprfn.profile.measure as profile
 
     clock = [0.0]
     costs = iter([50.0, 7.0, 1.0, 4.0])  # ms: one warm-up, then three timed forwards
