@@ -4,6 +4,7 @@ iterations from the measured rate, training from a given init with resident batc
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -33,6 +34,7 @@ def test_gpu_session_runs_on_the_cpu(tmp_path):
     cmd = [sys.executable, str(ROOT / "experiments" / "gpu_session.py"), "--out", str(out), "--device", "cpu",
            "--pack", str(pack), "--data", str(tmp_path / "data"), "--run", str(run), "--budget-s", "2",
            "--bench-batch", "2", "--bench-steps", "1", "--no-compile",
+           "--infer-sizes", "24x32", "--infer-rounds", "1",
            "--set", f"model.init={init}", "--set", "model.channels=8", "--set", "model.blocks=1",
            "--set", "train.batch_size=2", "--set", "train.patch_size=64", "--set", "val.dir=null",
            "--set", "train.checkpoint_every=5", "--set", "train.log_every=5"]
@@ -41,6 +43,17 @@ def test_gpu_session_runs_on_the_cpu(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rates"]["2"] > 0 and summary["iters_planned"] >= 10
     assert summary["iterations"] >= 5  # trained (to the plan, or stopped at the time guard)
-    assert {p.name for p in out.iterdir()} >= {"ema_train.safetensors", "log.csv", "speed.json", "summary.json"}
+    assert {p.name for p in out.iterdir()} >= {"ema_train.safetensors", "log.csv", "speed.json", "summary.json",
+                                               "inference.json"}
+    rows = json.loads((out / "inference.json").read_text())["results"][0]["rows"]
+    assert rows[0]["speedup"] == 1.0 and all(r["ms"] > 0 for r in rows) and len(rows) == 5
     ema = load_model(out / "ema_train.safetensors")
     assert ema.scale == 4 and sum(p.numel() for p in ema.parameters()) > 0
+
+
+def test_the_benchmarks_find_the_package_where_it_is_only_copied():
+    """On the GPU machine reprfn is not installed: the benchmarks the session runs get its src."""
+    sys.path.insert(0, str(ROOT))
+    from experiments.gpu_session import child_env
+
+    assert child_env()["PYTHONPATH"].split(os.pathsep)[:2] == [str(ROOT / "src"), str(ROOT)]
