@@ -132,7 +132,10 @@ def run(model: Model | Runner, x: Tensor, *, tile: int = 0, pad: int = DEFAULT_P
     n, _, h, w = x.shape
     parts = tiles(runner, lambda y0, y1, x0, x1: x[..., y0:y1, x0:x1], h, w, tile=tile, pad=pad)
     if whole(tile, h, w):
-        return next(parts)[2][..., : h0 * scale, : w0 * scale].clamp(0, 1).contiguous()
+        y = next(parts)[2][..., : h0 * scale, : w0 * scale]
+        # clamped straight into a contiguous (NCHW) tensor: one pass over the engine's output,
+        # whatever its layout (channels-last engines), instead of a clamp and then a copy
+        return torch.clamp(y, 0, 1, out=torch.empty(y.shape, dtype=y.dtype, device=y.device))
     out = torch.empty(n, x.shape[1], h0 * scale, w0 * scale)
     for top, left, y in parts:
         bottom, right = min(top + y.shape[-2], out.shape[-2]), min(left + y.shape[-1], out.shape[-1])
