@@ -56,7 +56,7 @@ def _ours(scale: int, params: int, psnr_y: tuple[float, float, float]) -> ModelE
 MODELS: dict[str, ModelEntry] = {
     "reprfn-x2": _ours(2, 385_916, (37.57, 33.11, 32.00)),
     "reprfn-x3": _ours(3, 392_411, (33.84, 29.95, 28.92)),
-    "reprfn-x4": _ours(4, 401_504, (31.71, 28.26, 27.40)),
+    "reprfn-x4": _ours(4, 401_504, (31.72, 28.28, 27.41)),
     "reprfn-authors-x4": ModelEntry(
         "reprfn-authors-x4", 4, "reprfn", 401_504, (32.20, 28.65, 27.60), "MIT",
         "laonafahaodange/RepRFN (the paper's authors)", "reprfn_ntire_x4.pth",
