@@ -63,7 +63,7 @@ def open_input(src: Path) -> InputContainer:
 
 
 IMAGE_DEMUXERS = {"png_pipe": ".png", "jpeg_pipe": ".jpg", "webp_pipe": ".webp", "bmp_pipe": ".bmp",
-                  "tiff_pipe": ".tif", "image2": "its image suffix"}
+                  "tiff_pipe": ".tif"}
 """FFmpeg's readers of a single still image: a file they open is a photo under a video's name."""
 
 
