@@ -282,3 +282,21 @@ def test_set14_greyscale_image_conventions():
     itself = psnr(super_resolve(model, lr), hr, crop_border=4, test_y_channel=True)
     as_rgb = psnr(super_resolve(model, grey_to_rgb(lr)), grey_to_rgb(hr), crop_border=4, test_y_channel=True)
     assert itself == pytest.approx(24.18, abs=0.01) and as_rgb == pytest.approx(25.51, abs=0.01)
+
+
+def test_several_lr_partners_are_an_error_not_a_choice(tmp_path):
+    """LR/0801.png and LR/0801x2.png both pair with HR/0801.png: the later name in sort order was
+    taken without a word, so a wrong LR image of the right size gave a wrong score with exit 0."""
+    _save(_image(9, 20, 20), tmp_path / "HR" / "0801.png")
+    _save(_image(9, 20, 20), tmp_path / "HR" / "0802.png")
+    _save(_image(9, 10, 10), tmp_path / "LR" / "0801.png")
+    _save(_image(8, 10, 10), tmp_path / "LR" / "0801x2.png")
+    _save(_image(9, 10, 10), tmp_path / "LR" / "0802x2.png")
+    _save(_image(9, 10, 10), tmp_path / "LR" / "0803.png")
+    _save(_image(9, 10, 10), tmp_path / "LR" / "0803x2.png")
+    pairs, errors = load_pairs(tmp_path, 2)
+    assert [(p.hr.name, p.lr.name) for p in pairs] == [("0802.png", "0802x2.png")]
+    hr, lr = tmp_path / "HR", tmp_path / "LR"
+    assert errors == [f"{hr / '0801.png'}: several LR partners in {lr} (0801.png, 0801x2.png)",
+                      f"{lr / '0803.png'}: no HR partner in {hr}",
+                      f"{lr / '0803x2.png'}: no HR partner in {hr}"]

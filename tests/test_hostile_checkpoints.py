@@ -8,9 +8,11 @@ line with exit 2 and writes nothing.
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from safetensors.torch import save_file
 from reprfn import CheckpointError, load_model, save_model
 from reprfn.checkpoint import bundled_weights
 from reprfn.cli import main
+from reprfn.errors import UsageError
 from reprfn.models import build
 from tests.helpers import randomize
 from tests.test_checkpoint import to_authors_layout
@@ -279,3 +282,50 @@ def test_huge_claims_cost_neither_time_nor_memory(tmp_path):
     assert sorted(result["times"]) == sorted(paths)  # each refused with CheckpointError
     assert max(result["times"].values()) < FAST_S
     assert 50 < result["peak_kb"] / 1024 < 1024, f"peak {result['peak_kb'] / 1024:.0f} MB"
+
+
+# ------------------------------------------------------------------------- files that are no checkpoint
+
+
+def _unreadable_files(tmp_path: Path) -> list[tuple[Path, str]]:
+    """(file, the reason its one line must give) for files ``torch.load(weights_only=True)`` refuses."""
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    picture = tmp_path / "photo.pth"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(picture, format="PNG")
+    pickled = tmp_path / "module.pth"
+    torch.save(torch.nn.Conv2d(3, 3, 3), pickled)  # a whole module: objects besides tensors
+    scripted = tmp_path / "scripted.pt"
+    with warnings.catch_warnings():  # TorchScript is deprecated; reprfn export still writes it
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Conv2d(3, 3, 3)), str(scripted))
+    raw = tmp_path / "raw.pkl"  # pickle's own protocol 4, on which torch.load also warns
+    raw.write_bytes(pickle.dumps({"w": torch.zeros(2)}, protocol=4))
+    refused = "(a pickle that is not plain tensors saved by torch.save, never unpickled as it could run code"
+    return [(empty, "(empty file)"), (picture, "(not a safetensors file or a PyTorch checkpoint)"),
+            (pickled, refused), (raw, refused),
+            (scripted, "(a TorchScript archive (what reprfn export writes), not a checkpoint")]
+
+
+def test_a_file_torch_will_not_unpickle_is_named_without_unsafe_advice(tmp_path, capsys):
+    """PyTorch's text advised weights_only=False (running the file's code), carried terminal escape
+    codes, said the same of an image given as weights, and a TorchScript file added a warning."""
+    for path, reason in _unreadable_files(tmp_path):
+        assert main(["info", str(path)]) == 2
+        line = _one_error_line(capsys)
+        assert line.startswith(f"reprfn: error: {path}: not a readable checkpoint {reason}"), line
+        assert "weights_only" not in line and "\x1b" not in line
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scale": "2"}, "scale must be 2, 3 or 4, got '2'"),
+    ({"scale": 2.0}, "scale must be 2, 3 or 4, got 2.0"),
+    ({"device": "tpu"}, "unknown device 'tpu'; use auto, cpu, cuda or mps"),
+])
+def test_load_model_arguments_are_usage_errors(kwargs, message):
+    """scale="2" was refused as "is a x2 model, but x2 was asked for"; device="tpu" as PyTorch's
+    RuntimeError listing every device type (and cuda without CUDA as a bare AssertionError)."""
+    with pytest.raises(UsageError) as info:
+        load_model(bundled_weights(2), **kwargs)
+    assert str(info.value) == message
+    assert load_model(bundled_weights(2), scale=np.int64(2), device="cpu").scale == 2

@@ -303,3 +303,67 @@ def test_written_files_get_the_usual_permissions(tmp_path):
         assert ((tmp_path / "private.txt").stat().st_mode & 0o777) == 0o600  # the umask is honoured
     finally:
         os.umask(umask)
+
+
+# ------------------------------------------------------------------------- outputs over the weights read
+
+
+def _checkpoint(path: Path) -> Path:
+    """The bundled x2 weights saved with torch.save, under ``path`` (a .pt or .bin name)."""
+    from safetensors.torch import load_file
+
+    from reprfn.checkpoint import bundled_weights
+
+    torch.save(load_file(str(bundled_weights(2))), path)
+    return path
+
+
+@pytest.mark.parametrize("command", [
+    ["fuse", "{w}", "{w}"],
+    ["fuse", "{w}", "{link}"],
+    ["export", "-w", "{w}", "-o", "{w}"],
+    ["export", "-w", "{bin}", "-o", "{stem}.param"],
+    ["export", "-w", "{bin}", "-o", "{stem}", "--format", "ncnn"],
+])
+def test_an_output_that_is_the_weights_file_is_refused(tmp_path, capsys, command):
+    """fuse IN IN and export -w m.pt -o m.pt replaced the checkpoint (training form, metadata) with
+    what was made from it; an ncnn export wrote NAME.bin over a pytorch_model-style NAME.bin."""
+    weights, weights_bin = _checkpoint(tmp_path / "model.pt"), _checkpoint(tmp_path / "ncnn.bin")
+    (tmp_path / "link.pt").symlink_to(weights)
+    names = {"w": weights, "link": tmp_path / "link.pt", "bin": weights_bin, "stem": tmp_path / "ncnn"}
+    before = {p: p.read_bytes() for p in (weights, weights_bin)}
+    assert main([part.format(**names) for part in command]) == 2
+    assert "would overwrite an input" in _one_error_line(capsys)
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert (tmp_path / "link.pt").is_symlink()
+
+
+def test_fuse_into_a_folder_is_refused_naming_it(tmp_path, capsys):
+    weights = _checkpoint(tmp_path / "model.pt")
+    assert main(["fuse", str(weights), str(tmp_path)]) == 2
+    assert _one_error_line(capsys) == f"reprfn: error: {tmp_path}: cannot write the fused checkpoint, it is a directory"
+
+
+@pytest.mark.parametrize("suffix", ["/../../escaped", "/x", f"_x4{os.sep}y"])
+def test_a_suffix_with_a_path_separator_is_refused(images, tmp_path, capsys, suffix):
+    """--suffix /../../escaped wrote outside -o, over whatever file had that name."""
+    out = tmp_path / "out"
+    assert main(["upscale", "-i", str(images), "-o", str(out), "--suffix", suffix, "--quiet", "--device", "cpu"]) == 2
+    assert "--suffix" in _one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.png", "b.png", "hr"]
+
+
+@pytest.mark.parametrize("name, problem", [("d.onnx", "it is a directory"), ("d.pt", "it is a directory"),
+                                           ("f.png/m.pt", "f.png is not a directory"),
+                                           ("f.png/m.param", "f.png is not a directory")])
+def test_an_export_target_that_cannot_be_written_is_refused_before_exporting(tmp_path, capsys, name, problem):
+    """These failed only once the export and its check had run, as "[Errno 17] File exists: 'f.png'"."""
+    (tmp_path / "d.onnx").mkdir()
+    (tmp_path / "d.pt").mkdir()
+    (tmp_path / "f.png").write_bytes(b"")
+    start = time.perf_counter()
+    assert main(["export", "-s", "2", "-o", str(tmp_path / name)]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith(f"reprfn: error: {tmp_path / name.replace('.param', '')}")
+    assert "cannot write the export" in line
+    assert line.endswith(problem) and time.perf_counter() - start < FAST_S

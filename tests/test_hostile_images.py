@@ -21,8 +21,8 @@ from reprfn import cli
 from reprfn.api import upscale_alpha, upscale_file
 from reprfn.checkpoint import bundled_weights
 from reprfn.cli import commands as cli_commands
-from reprfn.errors import ImageError, ReprfnError, ResourceError
-from reprfn.images import Picture, save_picture, to_uint8, write_png
+from reprfn.errors import ImageError, ReprfnError, ResourceError, UsageError
+from reprfn.images import Picture, load_picture, read_image, save_picture, to_uint8, write_png
 from reprfn.resize import imresize, imresize_rows
 from reprfn.runtime import memory
 
@@ -557,3 +557,90 @@ def test_weights_poisoned_after_loading_are_refused(tmp_path, photo):
     with pytest.raises(ReprfnError, match="non-finite"):
         upscale_file(net, tmp_path / "a.png", tmp_path / "a_x2.png")
     assert not (tmp_path / "a_x2.png").exists()
+
+
+# ---------------------------------------------------------------- tensors and arrays the model cannot take
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_output_of_a_tensor_is_refused(model, value):
+    """The tensor path clamped its output: +inf came back white, NaN as NaN, without a word; eval,
+    which runs the same way, scored such images."""
+    x = torch.rand(3, 24, 20)
+    for tile in (0, 12):
+        with pytest.raises(ReprfnError, match="non-finite"):
+            reprfn.upscale(x, model=Poisoned(model, value, (3, 3)), scale=2, tile=tile, device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("tensor, message", [
+    (torch.full((3, 8, 8), float("nan")), "the input holds NaN or infinite values"),
+    (torch.full((1, 3, 8, 8), float("inf")), "the input holds NaN or infinite values"),
+    (torch.rand(1, 8, 8), "a 1-channel tensor for a model of 3 input channels"),
+    (torch.rand(2, 4, 8, 8), "a 4-channel tensor for a model of 3 input channels"),
+    (torch.rand(3, 0, 8), "an empty image (8x0 pixels)"),
+])
+def test_tensors_the_model_cannot_take_are_usage_errors(model, tensor, message):
+    """These were a NaN image returned as a result, or PyTorch's conv and pooling errors."""
+    with pytest.raises(UsageError) as info:
+        reprfn.upscale(tensor, model=model, scale=2, device="cpu", precision="fp32")
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize("image", [np.zeros((0, 8, 3), np.uint8), np.zeros((8, 0), np.uint16),
+                                   np.zeros((0, 0, 4), np.uint8), Image.new("RGB", (0, 0))])
+def test_empty_images_are_usage_errors(model, image):
+    """np.pad's "can't extend empty axis" escaped as a bare ValueError."""
+    with pytest.raises(UsageError, match=r"an empty image \(\d+x\d+ pixels\)"):
+        reprfn.upscale(image, model=model, scale=2, device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize("tile, pad", [(1, 0), (6, 0), (6, 6), (12, 0), (7, 0)])
+def test_tiny_tiles_with_little_context_run(tmp_path, photo, model, capsys, tile, pad):
+    """A first tile narrower than ESA's minimum could not widen backwards and failed inside the
+    pooling ("internal error: ... Output size is too small")."""
+    src = tmp_path / "a.png"
+    Image.fromarray(photo).save(src)  # 24x20: a first tile of 6 or 12 pixels and a window of 6..18
+    x = torch.from_numpy(photo).permute(2, 0, 1).float() / 255
+    out = reprfn.upscale(x, model=model, scale=2, tile=tile, pad=pad, device="cpu", precision="fp32")
+    assert out.shape == (3, 48, 40)
+    assert cli.main(["upscale", "-i", str(src), "-o", str(tmp_path / "b.png"), "-s", "2", "--quiet",
+                     "--device", "cpu", "--tile", str(tile), "--tile-pad", str(pad)]) == 0, capsys.readouterr().err
+    assert Image.open(tmp_path / "b.png").size == (40, 48)
+
+
+def _tiff16_planar(path: Path, rgb: np.ndarray) -> Path:
+    """As ``_tiff16``, with the three colour planes stored apart (PlanarConfiguration 2), a strip each."""
+    h, w, _ = rgb.shape
+    planes = [rgb[..., c].astype("<u2").tobytes() for c in range(3)]
+    tags = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 3, None), (259, 3, 1, 1), (262, 3, 1, 2),
+            (273, 4, 3, None), (277, 3, 1, 3), (278, 3, 1, h), (279, 4, 3, None), (284, 3, 1, 2)]
+    bps_at = 8 + 2 + 12 * len(tags) + 4
+    offsets_at, counts_at = bps_at + 6, bps_at + 6 + 12
+    data_at = counts_at + 12
+    ifd = struct.pack("<H", len(tags))
+    for tag, kind, count, value in tags:
+        value = {258: bps_at, 273: offsets_at, 279: counts_at}.get(tag, value)
+        ifd += struct.pack("<HHI", tag, kind, count) + (struct.pack("<I", value) if kind == 4 or tag == 258
+                                                         else struct.pack("<H2x", value))
+    starts = [data_at + sum(len(p) for p in planes[:c]) for c in range(3)]
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8) + ifd + b"\0\0\0\0" + struct.pack("<3H", 16, 16, 16)
+                     + struct.pack("<3I", *starts) + struct.pack("<3I", *map(len, planes)) + b"".join(planes))
+    return path
+
+
+def test_16_bit_planar_tiff_is_refused_not_misread(tmp_path, photo, model, capsys):
+    """Pillow unpacks 16-bit samples in separate planes as 8-bit ones: a picture of noise was
+    upscaled (and measured by eval) with exit 0."""
+    src = _tiff16_planar(tmp_path / "planar.tif", _wide(photo))
+    with Image.open(src) as im:  # the layout the guard is for: opened without complaint, decoded wrongly
+        assert im.mode == "RGB" and np.abs(np.asarray(im).astype(int) - (_wide(photo) >> 8)).max() > 64
+    message = f"{src}: a 16-bit TIFF with separate colour planes, which Pillow decodes wrongly"
+    with pytest.raises(ImageError, match="separate colour planes") as info:
+        upscale_file(model, src, tmp_path / "out.tif")
+    assert str(info.value).startswith(message) and not (tmp_path / "out.tif").exists()
+    with pytest.raises(ImageError, match="separate colour planes"):
+        read_image(src)  # eval and training
+    assert cli.main(["upscale", "-i", str(src), "-o", str(tmp_path / "out.png"), "--quiet", "-s", "2"]) == 2
+    assert capsys.readouterr().err.startswith(f"reprfn: error: {message}")
+    _tiff16(tmp_path / "chunky.tif", _wide(photo))  # the same samples interleaved still load, 16 bits exactly
+    assert np.array_equal(load_picture(tmp_path / "chunky.tif").pixels, _wide(photo))

@@ -259,6 +259,18 @@ def test_upscale_file_refuses_to_overwrite_its_input(tmp_path):
     assert Image.open(tmp_path / "o.png").size == (48, 48)
 
 
+def test_upscale_file_refuses_a_device_as_upscale_does(tmp_path):
+    """``device="tpu"`` escaped as PyTorch's RuntimeError listing every device type it knows."""
+    src = _image(tmp_path / "a.png", 1)
+    model = load_model(bundled_weights(2))
+    with pytest.raises(UsageError) as shared:
+        reprfn.upscale(np.zeros((8, 8, 3), np.uint8), model=model, device="tpu")
+    with pytest.raises(UsageError) as api:
+        reprfn.upscale_file(model, src, tmp_path / "o.png", device="tpu")
+    assert str(api.value) == str(shared.value) == "unknown device 'tpu'; use auto, cpu, cuda or mps"
+    assert not (tmp_path / "o.png").exists()
+
+
 def test_upscale_file_replaces_an_existing_output_only_when_asked(tmp_path):
     """As ``upscale_video``: an existing ``dst`` is refused (it was silently replaced), kept whole;
     ``overwrite=True`` replaces it once the new file is complete (the CLI's ``-o`` asks for that)."""

@@ -342,3 +342,23 @@ def test_given_lr_images_are_used_instead_of_resizing(tmp_path):
     (pair,) = decode_training_set(hr_dir, 2, lr_folders=lr_dir)
     assert np.array_equal(pair.lr, lr) and np.array_equal(pair.hr, hr)
     assert not np.array_equal(pair.lr, imresize(hr, 1 / 2))
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "final_fused.safetensors", "best_fused.safetensors"])
+def test_a_fresh_run_does_not_overwrite_other_files_of_its_names(tmp_path, photos, capsys, name):
+    """``--out .`` beside one's own config.yaml replaced it with the run's resolved configuration."""
+    (tmp_path / name).write_text("mine\n")
+    assert main(cli(tmp_path, *tiny(photos))) == 2
+    assert _refused_line(capsys) == (f"reprfn: error: {tmp_path}: already holds {name}, which a fresh run would "
+                                     "overwrite; choose another --out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name] and (tmp_path / name).read_text() == "mine\n"
+
+
+def test_an_empty_out_is_refused(tmp_path, photos, capsys, monkeypatch):
+    """``--out ""`` is the current folder: the run's files were written among whatever was there."""
+    monkeypatch.chdir(tmp_path)
+    args = cli(tmp_path, *tiny(photos))
+    args[args.index("--out") + 1] = ""
+    assert main(args) == 2
+    assert _refused_line(capsys) == "reprfn: error: --out is empty: name the run folder"
+    assert list(tmp_path.iterdir()) == []

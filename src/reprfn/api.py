@@ -78,6 +78,14 @@ def check_pad(pad: Any, name: str = "pad") -> int:
     return int(pad)
 
 
+def check_suffix(suffix: str, name: str = "suffix") -> str:
+    """Text added to output file names (``_x4``): a path separator in it would put outputs outside
+    the output folder (``--suffix /../../x`` wrote beside it, over whatever was there)."""
+    if any(sep and sep in suffix for sep in ("/", os.sep, os.altsep)):
+        raise UsageError(f"{name} {suffix!r}: is added to file names, so it cannot hold a path separator")
+    return suffix
+
+
 @functools.lru_cache(maxsize=8)
 def _bundled(scale: int, device: str) -> nn.Module:
     """The bundled model of ``scale``, loaded once per device: ``reprfn.upscale(img)`` called again
@@ -216,7 +224,7 @@ def upscale_file(model: nn.Module | Runner, src: str | os.PathLike, dst: str | o
 
     Refused before any work: ``dst`` being ``src`` (as ``reprfn upscale`` refuses), an existing
     ``dst`` unless ``overwrite`` (as ``reprfn.upscale_video``; it is then replaced only once the
-    new file is complete), a bad ``tile`` or ``pad`` (as ``reprfn.upscale``).
+    new file is complete), a bad ``tile``, ``pad`` or ``device`` (as ``reprfn.upscale``).
     """
     from .images import DEFAULT_MAX_PIXELS
 
@@ -228,6 +236,8 @@ def upscale_file(model: nn.Module | Runner, src: str | os.PathLike, dst: str | o
         kw["tile"] = check_tile(kw["tile"])
     if "pad" in kw:
         kw["pad"] = check_pad(kw["pad"])
+    if kw.get("device") is not None:  # "tpu", or cuda on a machine without: said so, as reprfn.upscale says it
+        kw["device"] = resolve_device(kw["device"])
     pic = load_picture(src, max_pixels=DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels or None)
     height, width = (n * describe(model).scale for n in pic.pixels.shape[:2])
     writer = write_memory(dst, height, width, colour=1 if pic.pixels.ndim == 2 else 3,

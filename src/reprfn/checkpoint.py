@@ -11,7 +11,9 @@ Loading never unpickles arbitrary objects: safetensors, or ``torch.load(weights_
 from __future__ import annotations
 
 import math
+import numbers
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from .files import atomic_path
 from .hub import resolve_weights
 from .layouts import FORMAT, recognise
 from .models import SRModel, build
+from .runtime.hardware import resolve_device
 
 WRAPPER_KEYS = ("params_ema", "params", "ema", "state_dict", "model")  # first found wins
 
@@ -56,14 +59,38 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[st
                 metadata = dict(fh.metadata() or {})
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         else:
-            tensors = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns before it refuses a file (TorchScript, a pickle
+                # of another protocol), beside the one line that says why
+                warnings.filterwarnings("ignore", message=".*(TorchScript archive|Detected pickle protocol)")
+                tensors = torch.load(path, map_location="cpu", weights_only=True)
             metadata = _training_metadata(tensors)
     except Exception as exc:  # truncated, corrupt, or a pickle with arbitrary objects
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({reason[:200]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_unreadable(path, exc)[:200]})") from None
     tensors = unwrap(tensors, path)
     check_finite(tensors, path)
     return tensors, metadata
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` (or safetensors) could not read ``path``, in words.
+
+    PyTorch's own text for a refused pickle is a page that advises ``weights_only=False`` (running
+    whatever the file holds: never for a file from elsewhere) and carries terminal escape codes; and
+    it says the same of a file that is no pickle at all (an image given as weights).
+    """
+    if path.stat().st_size == 0:
+        return "empty file"
+    text = str(exc)
+    if "TorchScript" in text:
+        return "a TorchScript archive (what reprfn export writes), not a checkpoint: give the weights it came from"
+    if "Weights only load failed" not in text:
+        return one_line(exc)
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        return ("a pickle that is not plain tensors saved by torch.save, never unpickled as it could run code; "
+                "save the model's state_dict() with torch.save, or as safetensors")
+    return "not a safetensors file or a PyTorch checkpoint"
 
 
 def check_finite(tensors: Mapping[str, Tensor], path: Path | str = "checkpoint") -> None:
@@ -152,6 +179,9 @@ def load_model(
     the file; ``data_range`` overrides the native range (default: metadata, else 255 for RFDN
     files, else 1). ``path`` may also name a known model (``reprfn models``; ``hub.resolve_weights``).
     """
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Integral)):
+        raise UsageError(f"scale must be 2, 3 or 4, got {scale!r}")  # "2" read "is a x2 model, but x2 was asked for"
+    device = resolve_device(device)  # "tpu", or cuda where there is none: one line, not PyTorch's page
     path = resolve_weights(path)
     sd, metadata = read_state_dict(path)
     try:

@@ -130,14 +130,31 @@ def load_pairs(folder: str | os.PathLike, scale: int) -> tuple[list[Pair], list[
             return [], [f"{folder}: no images ({', '.join(s[1:] for s in IMAGE_SUFFIXES)}){hint}"]
         return [Pair(p.name, p) for p in hrs], []
     hrs, lrs = list_images(hr_dir), list_images(lr_dir)
-    by_stem = {_strip_scale(p.stem, scale): p for p in lrs}
-    pairs = [Pair(p.name, p, by_stem[p.stem]) for p in hrs if p.stem in by_stem]
-    errors = [f"{p}: no LR partner in {lr_dir}" for p in hrs if p.stem not in by_stem]
+    by_stem, errors = _lr_by_stem(hrs, lrs, lr_dir, scale)
+    pairs = [Pair(p.name, p, by_stem[p.stem]) for p in hrs if by_stem.get(p.stem)]
+    errors += [f"{p}: no LR partner in {lr_dir}" for p in hrs if p.stem not in by_stem]
     hr_stems = {p.stem for p in hrs}
-    errors += [f"{p}: no HR partner in {hr_dir}" for s, p in by_stem.items() if s not in hr_stems]
+    errors += [f"{p}: no HR partner in {hr_dir}" for p in lrs if _strip_scale(p.stem, scale) not in hr_stems]
     if not hrs:
         errors.append(f"{hr_dir}: no images")
     return pairs, errors
+
+
+def _lr_by_stem(hrs: list[Path], lrs: list[Path], lr_dir: Path,
+                scale: int) -> tuple[dict[str, Path | None], list[str]]:
+    """The LR file of each stem (None: several), and a message for each HR image with several.
+
+    ``img.png`` and ``imgx4.png`` (or ``img.jpg``) in one LR folder both pair with HR ``img``:
+    taking one by sort order scored the other image's pair without a word, a wrong score with
+    exit 0 when both have the right size. Such an HR image is not evaluated; the error names both.
+    """
+    found: dict[str, list[Path]] = {}
+    for p in lrs:
+        found.setdefault(_strip_scale(p.stem, scale), []).append(p)
+    hr_by_stem = {p.stem: p for p in hrs}
+    errors = [f"{hr_by_stem[stem]}: several LR partners in {lr_dir} ({', '.join(p.name for p in ps)})"
+              for stem, ps in found.items() if len(ps) > 1 and stem in hr_by_stem]
+    return {stem: ps[0] if len(ps) == 1 else None for stem, ps in found.items()}, errors
 
 
 def _strip_scale(stem: str, scale: int) -> str:

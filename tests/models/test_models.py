@@ -178,3 +178,16 @@ def test_reprfn_ablation_checkpoints_round_trip(tmp_path):
     x = torch.rand(1, 3, 16, 16)
     with torch.no_grad():
         assert loaded.arch == "reprfn-1x1" and torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"channels": 0}, "channels must be a positive integer, got 0"),
+    ({"blocks": -1}, "blocks must be a positive integer, got -1"),
+    ({"channels": 8.5}, "channels must be a positive integer, got 8.5"),
+    ({"esa_channels": 0}, "esa_channels must be a positive integer, got 0"),
+])
+def test_sizes_that_build_no_network_are_refused(kwargs, message):
+    """channels=0 and blocks=-1 built a model of empty convs (or no blocks) without a word."""
+    with pytest.raises(ValueError) as info:
+        build("reprfn", scale=2, **kwargs)
+    assert str(info.value) == message

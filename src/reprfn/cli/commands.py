@@ -44,8 +44,20 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def refuse_overwriting_weights(weights: str | None, outputs: list[Path]) -> None:
+    """Refuse outputs that are the weights file read (``fuse IN IN``, ``export -w m.pt -o m.pt``,
+    ncnn's ``NAME.bin`` over a ``pytorch_model.bin``): the write would replace the checkpoint,
+    training form and metadata included, with what was made from it. A model name is no file."""
+    if weights is not None and Path(weights).is_file():
+        from ..outputs import refuse_collisions
+
+        refuse_collisions([(weights, out) for out in outputs])
+
+
 @torch.no_grad()
 def cmd_fuse(args: argparse.Namespace) -> int:
+    refuse_overwriting_weights(args.weights, [Path(args.output)])
+    check_writable(args.output, "fused checkpoint")
     model = model_from_args(args)
     fused = model.fuse()
     x = torch.linspace(0, 1, 3 * 24 * 20).reshape(1, 3, 24, 20)[:, : model.in_channels]
@@ -77,6 +89,8 @@ def _metadata_args(items: list[str] | None, model: SRModel) -> dict[str, str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train import load_config, train
 
+    if not args.out.strip():  # Path("") is the current folder: a run spread among the files there
+        raise UsageError("--out is empty: name the run folder")
     cfg = load_config(args.config, args.set or [])
     summary = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -118,7 +132,7 @@ def _upscale_plan(args: argparse.Namespace, files: list[Path]) -> list[tuple[Pat
 def cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..api import check_pad, check_tile, collect_inputs, is_video, upscale_file
+    from ..api import check_pad, check_suffix, check_tile, collect_inputs, is_video, upscale_file
     from ..video import check_crf, upscale_video
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -128,6 +142,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     files, errors = collect_inputs(args.inputs, args.recursive, output=args.output)
     try:  # on the full list, before sharding: every torchrun rank refuses the same batches
         tile, pad = check_tile(args.tile, "--tile"), check_pad(args.tile_pad, "--tile-pad")
+        check_suffix(args.suffix, "--suffix")
         if any(is_video(src) for src in files):
             check_crf(args.crf, "--crf", codec=args.codec)
         plan = _upscale_plan(args, files)[rank::world]  # torchrun: each rank takes every world-th file
@@ -193,6 +208,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     fmt = export_format(out, args.format)
+    if fmt == "ncnn":
+        from ..export_ncnn import ncnn_paths
+
+        outputs = list(ncnn_paths(args.output))
+    else:
+        outputs = [out]
+    refuse_overwriting_weights(args.weights, outputs)
+    for path in outputs:  # a folder in the way was found only once the export and its check had run
+        check_writable(path, "export")
     model = resolve_model(args.weights, args.scale, torch.device("cpu"))
     if fmt == "ncnn":
         from ..export_ncnn import export_ncnn

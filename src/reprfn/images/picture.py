@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError, UsageError, one_line
 from .metadata import ORIENTATION, exif_orientation, icc_space, kept_exif, orient, read_exif
-from .read import SIXTEEN_BIT_MODES
+from .read import SIXTEEN_BIT_MODES, refuse_misread
 from .samples import interleave, round_to_8bit
 from .wide import WIDE_RAWMODES, decode_wide, tile_rawmode
 
@@ -129,6 +129,7 @@ def _open(src: Path | BinaryIO) -> Image.Image:
 def _load(src: Path | BinaryIO, label: str | Path, max_pixels: int | None) -> Picture:
     with _open(src) as im:
         _check_size(label, im.size, max_pixels)
+        refuse_misread(im, label)
         fmt = "JPEG" if im.format == "MPO" else str(im.format)
         rawmode = tile_rawmode(im)  # before load(), which empties im.tile
         tiff = im.format == "TIFF"

@@ -38,6 +38,23 @@ def _to_8bit(im: Image.Image, path: Path) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
+def refuse_misread(im: Image.Image, path: str | os.PathLike) -> None:
+    """Refuse a layout Pillow opens without complaint but decodes wrongly (checked up to Pillow 13.0).
+
+    A TIFF of 16-bit samples stored as separate colour planes (PlanarConfiguration 2) is unpacked
+    as 8-bit planes: each plane's first half of bytes, read as samples, a picture of noise that was
+    upscaled and written with exit 0. Call before ``load()``.
+    """
+    tags = getattr(im, "tag_v2", None)
+    if im.format != "TIFF" or tags is None or tags.get(284, 1) != 2:
+        return
+    bits = tags.get(258, (8,))
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    if len(bits) > 1 and max(bits) > 8:
+        raise ImageError(f"{path}: a {max(bits)}-bit TIFF with separate colour planes, which Pillow decodes "
+                         "wrongly; save it with interleaved samples (PlanarConfiguration 1)")
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to uint8 HxWx3 RGB, or HxW for greyscale files, EXIF-oriented.
 
@@ -49,6 +66,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageError(f"{path}: no such file")
     try:
         with Image.open(path) as im:
+            refuse_misread(im, path)
             im.load()  # decode now, so a truncated file fails here and not later
             im = ImageOps.exif_transpose(im)
             return np.ascontiguousarray(_to_8bit(im, path))

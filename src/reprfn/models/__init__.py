@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -35,6 +36,7 @@ def build(name: str, scale: int = 4, **kw: Any) -> SRModel:
     """
     if name not in REGISTRY:
         raise UsageError(f"unknown model {name!r}; choose from {', '.join(REGISTRY)}")
+    _check_sizes(kw)
     form = kw.pop("form", None)
     if form is not None:
         if form not in ("train", "deploy"):
@@ -42,6 +44,15 @@ def build(name: str, scale: int = 4, **kw: Any) -> SRModel:
         if name in RepRFN.VARIANTS:
             kw["deploy"] = form == "deploy"
     return REGISTRY[name](scale=scale, **kw)
+
+
+def _check_sizes(kw: dict[str, Any]) -> None:
+    """Widths and depths must be positive integers: ``channels=0`` or ``blocks=-1`` built a model of
+    empty convs (or none at all) without a word, which then ran and returned a constant image."""
+    for key in ("channels", "blocks", "esa_channels"):
+        value = kw.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+            raise UsageError(f"{key} must be a positive integer, got {value!r}")
 
 
 __all__ = [

@@ -50,7 +50,12 @@ Crop = Callable[[int, int, int, int], Tensor]  # (y0, y1, x0, x1) -> float (N, C
 
 
 def spans(length: int, tile: int, pad: int, min_size: int, align: int) -> list[tuple[int, int, int, int]]:
-    """(keep_start, keep_end, window_start, window_end) along one axis; starts aligned to ``align``."""
+    """(keep_start, keep_end, window_start, window_end) along one axis; starts aligned to ``align``.
+
+    Every window spans at least ``min_size`` (when ``length`` does): a short last tile widens its
+    window backwards, and a short first one (a small ``tile`` with a small ``pad``) forwards, as
+    ESA cannot pool a window narrower than that (``--tile 1 --tile-pad 0`` once failed inside it).
+    """
     out = []
     for start in range(0, length, tile):
         end = min(start + tile, length)
@@ -58,6 +63,8 @@ def spans(length: int, tile: int, pad: int, min_size: int, align: int) -> list[t
         hi = min(length, end + pad)
         if hi - lo < min_size:  # a short last tile: widen its window backwards
             lo = max(0, (hi - min_size) // align * align)
+        if hi - lo < min_size:  # a short first tile: there is nothing before it, widen forwards
+            hi = min(length, lo + min_size)
         out.append((start, end, lo, hi))
     return out
 
@@ -128,19 +135,37 @@ def run(model: Model | Runner, x: Tensor, *, tile: int = 0, pad: int = DEFAULT_P
     """
     runner = as_runner(model, device, precision)
     scale = runner.info.scale
+    _check_tensor(x, runner.info.in_channels)
     x, h0, w0 = pad_small(x, _padded_size(runner))
     n, _, h, w = x.shape
     parts = tiles(runner, lambda y0, y1, x0, x1: x[..., y0:y1, x0:x1], h, w, tile=tile, pad=pad)
     if whole(tile, h, w):
         y = next(parts)[2][..., : h0 * scale, : w0 * scale]
+        check_finite(y)  # before the clamp, which would turn +inf into white and keep NaN
         # clamped straight into a contiguous (NCHW) tensor: one pass over the engine's output,
         # whatever its layout (channels-last engines), instead of a clamp and then a copy
         return torch.clamp(y, 0, 1, out=torch.empty(y.shape, dtype=y.dtype, device=y.device))
     out = torch.empty(n, x.shape[1], h0 * scale, w0 * scale)
     for top, left, y in parts:
+        check_finite(y)
         bottom, right = min(top + y.shape[-2], out.shape[-2]), min(left + y.shape[-1], out.shape[-1])
         out[..., top:bottom, left:right] = y[..., : bottom - top, : right - left]
     return out.clamp_(0, 1)
+
+
+def _check_tensor(x: Tensor, channels: int | None) -> None:
+    """Refuse, as ``UsageError``, a tensor the model cannot take: PyTorch's own errors (a conv's
+    channel count, a pooling "output size too small") read as internal failures, and a NaN or
+    infinite input would come back as a NaN image, or clamped to white, without a word.
+    ``channels``: the model's input channels (None: any)."""
+    if x.dim() != 4:
+        raise UsageError(f"expected a float (N, C, H, W) tensor, got shape {tuple(x.shape)}")
+    if channels is not None and x.shape[1] != channels:
+        raise UsageError(f"a {x.shape[1]}-channel tensor for a model of {channels} input channels")
+    if x.shape[-2] == 0 or x.shape[-1] == 0:
+        raise UsageError(f"an empty image ({x.shape[-1]}x{x.shape[-2]} pixels)")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise UsageError("the input holds NaN or infinite values")
 
 
 @torch.inference_mode()
@@ -157,6 +182,8 @@ def run_pixels(model: Model | Runner, pixels: np.ndarray, *, tile: int = 0, pad:
     """
     if pixels.dtype not in (np.uint8, np.uint16) or pixels.ndim not in (2, 3):
         raise UsageError(f"expected an HxW or HxWx3 uint8/uint16 array, got {pixels.dtype} {pixels.shape}")
+    if 0 in pixels.shape[:2]:  # np.pad cannot replicate the edge of nothing
+        raise UsageError(f"an empty image ({pixels.shape[1]}x{pixels.shape[0]} pixels)")
     runner = as_runner(model, device, precision)
     scale, grey = runner.info.scale, pixels.ndim == 2
     given = 1 if grey else pixels.shape[2]

@@ -202,11 +202,16 @@ def load_weights(module: torch.nn.Module, sd: object, path: Path) -> None:
 
 
 def refuse_occupied(run_dir: Path) -> None:
-    """A fresh run never writes over another run's checkpoint, weights or log."""
+    """A fresh run never writes over another run's checkpoint, weights or log, nor over any other
+    file of the names it writes: ``--out .`` beside one's own ``config.yaml`` replaced it."""
     held = [n for n in ("last.ckpt", "final.safetensors", "log.csv") if (run_dir / n).exists()]
     if held:
         raise TrainingError(f"{run_dir}: already holds a run ({held[0]}); continue it with --resume auto, "
                             "or choose another --out")
+    held = [n for n in ("config.yaml", "final_fused.safetensors", "best_fused.safetensors") if (run_dir / n).exists()]
+    if held:
+        raise TrainingError(f"{run_dir}: already holds {held[0]}, which a fresh run would overwrite; "
+                            "choose another --out")
 
 
 def resume_path(run_dir: Path, resume: str | None) -> Path | None:
