@@ -85,7 +85,8 @@ def test_json_schema_hr_folder_mode(weights, hr_dir, tmp_path, capsys):
     assert code == 0 and err == ""
     assert list(report) == ["results"] and len(report["results"]) == 1
     res = report["results"][0]
-    assert list(res) == ["dataset", "scale", "weights", "n_images", "psnr_y", "ssim_y", "psnr_rgb", "per_image"]
+    assert list(res) == ["dataset", "scale", "weights", "n_images", "psnr_y", "ssim_y", "psnr_rgb", "per_image",
+                         "errors"]
     assert res["dataset"] == str(hr_dir) and res["weights"] == str(weights) and res["scale"] == 2
     assert res["n_images"] == 3 and [i["name"] for i in res["per_image"]] == ["a.png", "b.png", "c.png"]
     assert all(list(i) == ["name", "psnr_y", "ssim_y"] for i in res["per_image"])
@@ -135,8 +136,17 @@ def test_bad_inputs_one_line_each_and_the_rest_evaluated(weights, pair_dir, tmp_
     assert len(lines) == 5 and all(line.startswith("reprfn: error: ") for line in lines)
     for name in ("text.png", "big.png", "lonely.png", str(empty), "missing"):
         assert sum(name in line for line in lines) == 1, name
-    assert [r["dataset"] for r in report["results"]] == [str(pair_dir)]  # empty ones are left out
-    assert [i["name"] for i in report["results"][0]["per_image"]] == ["a.png", "b.png", "c.png"]
+    # every data set has its entry with its own errors: a partial one does not read as complete
+    assert [r["dataset"] for r in report["results"]] == [str(pair_dir), str(empty), str(tmp_path / "missing")]
+    scored, nothing, missing = report["results"]
+    assert [i["name"] for i in scored["per_image"]] == ["a.png", "b.png", "c.png"] and scored["n_images"] == 3
+    assert len(scored["errors"]) == 3 and all(e in err for e in scored["errors"])
+    for name in ("text.png", "big.png", "lonely.png"):
+        assert sum(name in e for e in scored["errors"]) == 1, name
+    for entry, name in ((nothing, str(empty)), (missing, "missing")):
+        assert entry["n_images"] == 0 and entry["per_image"] == [] and entry["psnr_y"] is None
+        assert entry["ssim_y"] is None and entry["psnr_rgb"] is None
+        assert len(entry["errors"]) == 1 and name in entry["errors"][0]
 
 
 def test_bundled_model_is_the_default(hr_dir, tmp_path, capsys):

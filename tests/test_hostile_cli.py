@@ -367,3 +367,25 @@ def test_an_export_target_that_cannot_be_written_is_refused_before_exporting(tmp
     assert line.startswith(f"reprfn: error: {tmp_path / name.replace('.param', '')}")
     assert "cannot write the export" in line
     assert line.endswith(problem) and time.perf_counter() - start < FAST_S
+
+
+@pytest.mark.parametrize("where", ["notes.txt", "notes.txt/deeper"])
+def test_an_upscale_folder_output_that_is_a_file_is_refused_before_any_work(images, tmp_path, capsys, where):
+    """Each image failed alone with "[Errno 20] Not a directory", after the model had loaded."""
+    (tmp_path / "notes.txt").write_text("mine")
+    start = time.perf_counter()
+    assert main(["upscale", "-i", str(images), "-o", str(tmp_path / where), "--quiet", "--device", "cpu"]) == 2
+    line = _one_error_line(capsys)
+    assert "-o folder" in line and "notes.txt" in line and time.perf_counter() - start < FAST_S
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_an_eval_save_dir_that_is_a_file_is_refused_before_any_work(images, tmp_path, capsys):
+    """It failed at the first image it saved, after the model had loaded."""
+    (tmp_path / "notes.txt").write_text("mine")
+    argv = ["eval", "-w", "bicubic", "-s", "2", "-d", str(images), "--save-dir", str(tmp_path / "notes.txt")]
+    assert main(argv) == 2
+    line = _one_error_line(capsys)
+    assert line == (f"reprfn: error: {tmp_path / 'notes.txt'}: "
+                    "cannot write the --save-dir folder there, it is a file, not a folder")
+    assert (tmp_path / "notes.txt").read_text() == "mine"

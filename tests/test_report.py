@@ -160,7 +160,8 @@ def test_eval_with_several_weights_keeps_the_json_and_writes_the_report(report, 
     assert [(e["weights"], e["dataset"]) for e in entries] == [
         (w, str(d)) for w in weights for d in data_dirs
     ]
-    assert all(list(e) == ["dataset", "scale", "weights", "n_images", "psnr_y", "ssim_y", "psnr_rgb", "per_image"]
+    assert all(list(e) == ["dataset", "scale", "weights", "n_images", "psnr_y", "ssim_y", "psnr_rgb", "per_image",
+                                 "errors"] and e["errors"] == []
                for e in entries)
     text = path.read_text()
     for label in ("bicubic", "tiny_a", "tiny_b", "SetA/HR", "SetB/HR", "LR (nearest)", "HR"):

@@ -64,11 +64,25 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{path}: cannot write the {what}, it is a directory")
-    parent = path.parent
+    _check_ancestor(path, path.parent, what)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Refuse, before any work, a folder for outputs that is a file or cannot be created or
+    written in: each output would otherwise fail on its own, one by one, after the work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path}: cannot write the {what} there, it is a file, not a folder")
+    _check_ancestor(path, path, what)
+    return path
+
+
+def _check_ancestor(path: Path, parent: Path, what: str) -> None:
+    """``parent``, or its nearest existing ancestor, must be a directory this process can write in."""
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
         raise UsageError(f"{path}: cannot write the {what}, {parent} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"{path}: cannot write the {what}, {parent} is not writable")
-    return path

@@ -14,7 +14,7 @@ import torch
 
 from ..checkpoint import describe, load_model, save_model
 from ..errors import ReprfnError, UsageError
-from ..files import atomic_path, check_writable
+from ..files import atomic_path, check_output_dir, check_writable
 from ..models import SRModel, build, names
 from .status import EXIT_ERROR, user_line
 
@@ -125,6 +125,8 @@ def _upscale_plan(args: argparse.Namespace, files: list[Path]) -> list[tuple[Pat
                                           video=single and is_video(files[0]))
     plan = [(src, output_path(src, Path(args.output), single=as_file, suffix=args.suffix, ext=args.ext,
                               folder=mirrored_folder(src, args.inputs))) for src in files]
+    if files and not as_file:  # a file in the way failed each output alone, after the model had loaded
+        check_output_dir(args.output, "-o folder")
     refuse_collisions(plan)
     return plan
 
@@ -316,4 +318,6 @@ def check_outputs(args: argparse.Namespace) -> None:
     for flag in ("json", "report"):
         if getattr(args, flag, None):
             check_writable(getattr(args, flag), f"--{flag} file")
+    if getattr(args, "save_dir", None):
+        check_output_dir(args.save_dir, "--save-dir folder")
 

@@ -50,20 +50,22 @@ def _eval_table(results: list[DatasetResult]) -> str:
 
 
 def _eval_json(results: list[tuple[str, DatasetResult]]) -> dict[str, list[dict[str, Any]]]:
-    """The ``--json`` report, one entry per (weights, data set); data sets with no evaluated image
-    are left out (their errors say why)."""
+    """The ``--json`` report, one entry per (weights, data set), each with the errors of its files:
+    a data set scored on 2 of its 3 images must not read as complete. A data set with no evaluated
+    image has ``null`` scores (JSON has no NaN), and its errors say why."""
     return {"results": [
         {
             "dataset": r.dataset,
             "scale": r.scale,
             "weights": weights,
             "n_images": len(r.images),
-            "psnr_y": r.mean("psnr_y"),
-            "ssim_y": r.mean("ssim_y"),
-            "psnr_rgb": r.mean("psnr_rgb"),
+            "psnr_y": r.mean("psnr_y") if r.images else None,
+            "ssim_y": r.mean("ssim_y") if r.images else None,
+            "psnr_rgb": r.mean("psnr_rgb") if r.images else None,
             "per_image": [{"name": i.name, "psnr_y": i.psnr_y, "ssim_y": i.ssim_y} for i in r.images],
+            "errors": list(r.errors),
         }
-        for weights, r in results if r.images
+        for weights, r in results
     ]}
 
 
