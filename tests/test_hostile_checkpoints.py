@@ -329,3 +329,12 @@ def test_load_model_arguments_are_usage_errors(kwargs, message):
         load_model(bundled_weights(2), **kwargs)
     assert str(info.value) == message
     assert load_model(bundled_weights(2), scale=np.int64(2), device="cpu").scale == 2
+
+
+@pytest.mark.parametrize("given, message", [("FOLDER", "a folder, not a checkpoint file"),
+                                            ("", "an empty weights path")])
+def test_a_folder_or_an_empty_path_as_weights_is_named_as_such(tmp_path, capsys, given, message):
+    """A folder read "no such file", and "" (the current folder) ".: no such file"."""
+    assert main(["info", str(tmp_path) if given == "FOLDER" else given]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

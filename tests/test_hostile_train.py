@@ -128,6 +128,26 @@ def test_what_only_the_run_can_check_is_refused_before_the_run_folder(tmp_path, 
     assert not run.exists()
 
 
+def test_a_key_given_twice_is_refused_naming_it_and_its_line(tmp_path):
+    """PyYAML keeps the last of two equal keys: the second ``lr:`` replaced the first silently."""
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  lr: 1.0e-3\n  iters: 5\n  lr: 2.0e-3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    assert str(info.value) == f"{config}: not valid YAML (the key 'lr' is given twice (line 4))"
+    with pytest.raises(ConfigError, match="the key 'lr' is given twice"):
+        load_config(SMOKE, ["train={lr: 1, lr: 2}"])
+    config.write_text("train:\n  lr: 1.0e-3\nval:\n  every: 5\n")  # one key per mapping: fine
+    assert load_config(config).train.lr == 1.0e-3
+
+
+def test_a_training_path_that_is_a_file_is_named_as_such(tmp_path, photos):
+    not_a_folder = tmp_path / "photo.png"
+    not_a_folder.write_bytes(b"")
+    with pytest.raises(DataError, match="photo.png: a file, not a folder of training images"):
+        train(load_config(SMOKE, tiny(not_a_folder)), tmp_path / "run", progress=False)
+
+
 def test_yaml_numbers_and_a_loss_section_that_replaces_the_default():
     cfg = load_config(SMOKE, ["train.lr=1e-4", "train.iters=1.0e3"])  # PyYAML reads both as strings
     assert cfg.train.lr == 1e-4 and cfg.train.iters == 1000

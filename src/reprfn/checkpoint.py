@@ -49,6 +49,8 @@ def _is_safetensors(path: Path) -> bool:
 def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Tensors and metadata of a safetensors or torch file, unwrapped and without ``module.``."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     try:

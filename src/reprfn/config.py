@@ -17,7 +17,7 @@ import copy
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
@@ -354,7 +354,7 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
         try:
-            value = yaml.safe_load(raw)
+            value = yaml.load(raw, Loader=UniqueKeyLoader)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {key}: not a YAML value ({str(exc).splitlines()[0]})") from None
         node = out
@@ -367,12 +367,33 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: YAML leaves that to the
+    loader, and PyYAML keeps the last silently, so a second ``lr:`` lower in a file replaced the
+    first without a word."""
+
+
+def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, Hashable) and key in seen:
+            line = key_node.start_mark.line + 1
+            raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice (line {line})",
+                                                    key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
     """The defaults, then the YAML file at ``path``, then ``--set`` overrides, checked."""
     user: Any = {}
     if path is not None:
         try:
-            user = yaml.safe_load(Path(path).read_text()) or {}
+            user = yaml.load(Path(path).read_text(), Loader=UniqueKeyLoader) or {}
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
         except (yaml.YAMLError, UnicodeDecodeError) as exc:

@@ -102,6 +102,8 @@ def decode_training_set(
     pairs: list[Pair] = []
     too_small: list[str] = []
     for i, folder in enumerate(hr_dirs):
+        if folder.exists() and not folder.is_dir():
+            raise DataError(f"{folder}: a file, not a folder of training images")
         if not folder.is_dir():
             raise DataError(f"{folder}: training folder does not exist")
         files = list_images(folder)

@@ -219,6 +219,8 @@ def resolve_weights(name_or_path: str | os.PathLike, *, timeout: float | None = 
     """A checkpoint file for a path or a known model name (``MODELS``). An existing path always
     wins over a name; a third-party name is fetched on first use (``fetch``); anything else is
     one line listing the known names."""
+    if not os.fspath(name_or_path).strip():  # Path("") is the current folder
+        raise CheckpointError(f"an empty weights path; give a checkpoint file or a model name ({', '.join(MODELS)})")
     path = Path(name_or_path)
     if path.exists():
         return path
