@@ -644,3 +644,23 @@ def test_16_bit_planar_tiff_is_refused_not_misread(tmp_path, photo, model, capsy
     assert capsys.readouterr().err.startswith(f"reprfn: error: {message}")
     _tiff16(tmp_path / "chunky.tif", _wide(photo))  # the same samples interleaved still load, 16 bits exactly
     assert np.array_equal(load_picture(tmp_path / "chunky.tif").pixels, _wide(photo))
+
+
+@pytest.mark.parametrize("suffix, kind", [(".png", "PNG"), (".webp", "WebP")])
+def test_an_animation_is_refused_and_the_batch_goes_on(tmp_path, capsys, suffix, kind):
+    """Its first frame alone was upscaled and written as a still image, with exit 0."""
+    frames = [Image.new("RGB", (20, 16), (60 * i, 90, 30)) for i in range(3)]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    frames[0].save(folder / f"anim{suffix}", save_all=True, append_images=frames[1:], duration=100)
+    frames[0].save(folder / "still.png")
+    with pytest.raises(ImageError, match=f"an animated {kind} of 3 frames"):
+        load_picture(folder / f"anim{suffix}")
+    out = tmp_path / "out"
+    assert cli.main(["upscale", "-i", str(folder), "-o", str(out), "--quiet", "--device", "cpu", "-s", "2"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"anim{suffix}: an animated {kind}" in err[0]
+    assert [p.name for p in out.iterdir()] == ["still.png"]
+    single = tmp_path / "one.png"
+    frames[0].save(single, save_all=True, append_images=frames[:1], duration=100)  # one frame: a still image
+    assert load_picture(single).pixels.shape == (16, 20, 3)

@@ -58,7 +58,8 @@ def load_picture(source: str | os.PathLike | BinaryIO, *, max_pixels: int | None
     an upload, decoded without a round trip through the disk); messages then name ``name``.
     8 vs 16 bits follows the file's sample format: 16-bit greyscale, RGB and RGBA PNG/TIFF give
     ``uint16``. Palette and CMYK become RGB (palette transparency becomes alpha; a CMYK ICC profile
-    is used to convert to sRGB when present). Only the first frame of an animation is read.
+    is used to convert to sRGB when present). An animated PNG or WebP is refused (``refuse_animation``);
+    of a multi-picture JPEG (MPO) or a multi-page TIFF, the first picture is the image.
     Images over ``max_pixels`` are refused before any pixel is decoded; ``None`` lifts the guard.
     Every failure is an ``ImageError`` whose one-line message names the file.
     """
@@ -126,10 +127,21 @@ def _open(src: Path | BinaryIO) -> Image.Image:
     return Image.open(src, formats=INPUT_FORMATS)
 
 
+def refuse_animation(im: Image.Image, label: str | Path) -> None:
+    """Refuse an animated PNG or WebP: its first frame alone, upscaled and written as a still
+    image with exit 0, would drop the rest of the animation without a word. (A camera's MPO
+    holds a preview after the picture, a TIFF may hold pages: their first picture is the image.)"""
+    if im.format in ("PNG", "WEBP") and getattr(im, "is_animated", False):
+        kind, frames = {"PNG": "PNG", "WEBP": "WebP"}[str(im.format)], getattr(im, "n_frames", 2)
+        raise ImageError(f"{label}: an animated {kind} of {frames} frames; reprfn upscales still images, "
+                         "so every frame after the first would be lost: convert it to a video to upscale them all")
+
+
 def _load(src: Path | BinaryIO, label: str | Path, max_pixels: int | None) -> Picture:
     with _open(src) as im:
         _check_size(label, im.size, max_pixels)
         refuse_misread(im, label)
+        refuse_animation(im, label)
         fmt = "JPEG" if im.format == "MPO" else str(im.format)
         rawmode = tile_rawmode(im)  # before load(), which empties im.tile
         tiff = im.format == "TIFF"
