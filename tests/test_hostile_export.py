@@ -51,3 +51,17 @@ def test_ncnn_output_naming_a_folder_is_refused(tmp_path, capsys):
 def test_profile_input_the_model_cannot_take_is_one_line(capsys, shape, words):
     code, err = run(["profile", "rfdn", "--input", shape, "--runtime", "--runs", "1", "--warmup", "0"], capsys)
     assert code == 2 and len(err) == 1 and err[0].startswith(f"reprfn: error: {words}"), err
+
+
+@pytest.mark.parametrize(("name", "flags", "words"), [
+    ("m.pt", ["--fp16"], "TorchScript export is float32 only; drop --fp16, or write .onnx or ncnn"),
+    ("m.ts", ["--opset", "13"], "--opset applies to ONNX only, and this writes torchscript; drop --opset"),
+    ("m.param", ["--opset", "13"], "--opset applies to ONNX only, and this writes ncnn; drop --opset"),
+])
+def test_a_flag_the_format_does_not_use_is_refused(tmp_path, capsys, name, flags, words):
+    """``export -o m.pt --fp16`` wrote a float32 TorchScript file with exit 0, and ``--opset`` was
+    dropped without a word for TorchScript and ncnn: now one line, before the model is loaded."""
+    out = tmp_path / name
+    code, err = run(["export", "-o", str(out), *flags], capsys)
+    assert code == 2 and err == [f"reprfn: error: {out}: {words}"], err
+    assert list(tmp_path.iterdir()) == []

@@ -376,3 +376,34 @@ def test_an_upload_and_its_result_never_touch_the_disk(monkeypatch):
     assert r.status_code == 200, r.text[:200]
     out = load_picture(io.BytesIO(r.content))
     assert out.pixels.dtype == np.uint16 and np.array_equal(out.pixels[::2, ::2], rgb16)
+
+
+@pytest.mark.parametrize(("request_kw", "status", "words"), [
+    ({"url": "/api/upscale?scale=2"}, 400, "unexpected query parameter 'scale': send 'image' and 'scale' as fields"),
+    ({"data": {"scal": "2"}}, 400, "unknown form field 'scal': the form takes 'image' (the file) and 'scale'"),
+    ({"data": {"scale": ["2", "3"]}}, 400, "the form field 'scale' is given more than once"),
+    ({"method": "GET"}, 405, "GET /api/upscale: Method Not Allowed"),
+    ({"url": "/api/upscal"}, 404, "POST /api/upscal: Not Found"),
+])
+def test_a_request_not_answered_as_asked_is_a_json_4xx(request_kw, status, words):
+    """``?scale=2`` and a mistyped field (``scal=2``) were ignored: the default x4 came back with
+    200; of ``scale`` given twice one was used, unsaid; 404 and 405 were bare text pages."""
+    model = Nearest()
+    client = TestClient(create_app(models=lambda scale: model))
+    url, method = request_kw.get("url", "/api/upscale"), request_kw.get("method", "POST")
+    if method == "GET":
+        r = client.get(url)
+    else:
+        r = client.post(url, files={"image": ("x.png", _small(), "image/png")}, data=request_kw.get("data", {}))
+    assert r.status_code == status and words in _one_line_json(r), r.text
+    assert model.calls == 0
+
+
+def test_the_form_type_is_read_whatever_its_case():
+    """``Multipart/Form-Data`` (media types ignore case) was refused as "send a multipart form"."""
+    body = (b'--b\r\nContent-Disposition: form-data; name="scale"\r\n\r\n2\r\n--b\r\nContent-Disposition: '
+            b'form-data; name="image"; filename="a.png"\r\nContent-Type: image/png\r\n\r\n'
+            + _small() + b"\r\n--b--\r\n")
+    client = TestClient(create_app(models=lambda scale: Nearest()))
+    r = client.post("/api/upscale", content=body, headers={"content-type": "Multipart/Form-Data; boundary=b"})
+    assert r.status_code == 200 and r.headers["x-reprfn-output-size"] == "32x32", r.text[:200]

@@ -127,3 +127,33 @@ def test_an_image_under_a_video_name_is_refused(tmp_path, weights, capsys):  # n
     code, err = cli(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-w", str(weights)], capsys)
     assert code != 0 and any("photo.mp4: a still image" in line for line in err), err
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["clip.mp4"]
+
+
+@pytest.mark.parametrize(("codec", "crf", "words"), [
+    ("h264", 60, "--crf 60: h264 (libx264) takes 0 to 51 (it would quietly use 51)"),
+    ("hevc", 55, "--crf 55: hevc (libx265) takes 0 to 51 (it would quietly use 51)"),
+    ("libsvtav1", 0, "--crf 0: libsvtav1 takes 1 to 63 (it would quietly use its default)"),
+])
+def test_crf_limits_hold_whatever_name_the_encoder_is_given(tmp_path, weights, capsys, codec, crf, words):  # noqa: F811
+    """``--codec h264 --crf 60`` wrote x264 at crf 51 with exit 0 (the cap was looked up by the name
+    given, not the encoder it picks), ``--codec hevc`` failed after the model had loaded with x265's
+    own text, and SVT-AV1 read ``--crf 0`` as "not set", writing its default crf 35."""
+    src, dst = tmp_path / "a.mp4", tmp_path / "o.mkv"
+    make_video(src, 2)
+    code, err = cli(["-i", str(src), "-o", str(dst), "-w", str(weights), "--codec", codec, "--crf", str(crf)], capsys)
+    assert code == 2 and err == [f"reprfn: error: {words}"], err
+    assert not dst.exists() and leftovers(tmp_path) == []
+    with pytest.raises(UsageError, match=words.replace("--crf", "crf").replace("(", r"\(").replace(")", r"\)")):
+        reprfn.upscale_video(src, dst, scale=2, model=Nearest(), codec=codec, crf=crf)
+
+
+@pytest.mark.parametrize("max_pixels", [-5, 1.5, True, "100"])
+def test_a_max_pixels_that_is_no_limit_is_refused_before_any_work(tmp_path, monkeypatch, max_pixels):
+    """``max_pixels=-5`` loaded the model and then refused the video as "768 pixels, over the limit
+    of -5"; ``1.5`` and ``True`` did the same (``"100"`` failed with a TypeError)."""
+    src, dst = tmp_path / "a.mp4", tmp_path / "o.mp4"
+    make_video(src, 2)
+    calls = counting_upscaler(monkeypatch)
+    with pytest.raises(UsageError, match=r"^max_pixels must be a whole number of pixels, 0 for no limit, or None"):
+        reprfn.upscale_video(src, dst, scale=2, model=Nearest(), max_pixels=max_pixels)
+    assert calls == [] and not dst.exists() and leftovers(tmp_path) == []

@@ -31,7 +31,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -160,6 +160,21 @@ def upscale_bytes(data: bytes, model: nn.Module | Runner, *, name: str = "upload
     png = encode_png(out, result_name(name, describe(model).scale))
     (h, w), (oh, ow) = pic.pixels.shape[:2], out.pixels.shape[:2]
     return Upscaled(png, (w, h), (ow, oh), time.perf_counter() - start)
+
+
+FORM_FIELDS = ("image", "scale")
+
+
+def form_problem(items: Sequence[tuple[str, object]]) -> str | None:
+    """Why a form cannot be answered as asked, or None: a field the API does not read (``scal=2``,
+    a typo, gave x4 with 200) or ``scale`` given twice (one of them was used, unsaid)."""
+    names = [key for key, _ in items]
+    unknown = next((key for key in names if key not in FORM_FIELDS), None)
+    if unknown is not None:
+        return f"unknown form field {unknown[:40]!r}: the form takes 'image' (the file) and 'scale' (2, 3 or 4)"
+    if names.count("scale") > 1:
+        return "the form field 'scale' is given more than once"
+    return None
 
 
 def status_for(exc: ReprfnError) -> int:
@@ -298,7 +313,10 @@ def create_app(*, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MA
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > max_upload_bytes:
             return error(413, too_big)
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        if request.query_params:  # ``?scale=2`` was ignored: the default x4 came back with 200
+            return error(400, f"unexpected query parameter {next(iter(request.query_params))[:40]!r}: "
+                              "send 'image' and 'scale' as fields of the form")
+        if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
             return error(400, "send a multipart/form-data form with the file in field 'image' and 'scale'")
         received = 0
 
@@ -315,6 +333,9 @@ def create_app(*, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MA
         try:
             form = await Request(request.scope, limited_receive).form(max_files=1, max_fields=8)
             upload, scale_text = form.get("image"), form.get("scale", "4")
+            problem = form_problem(form.multi_items())
+            if problem:
+                return error(400, problem)
             if upload is None or isinstance(upload, str):
                 return error(400, "no file in the form field 'image'")
             if scale_text not in [str(s) for s in SCALES]:
@@ -351,6 +372,13 @@ def create_app(*, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MA
             "Cache-Control": "no-store",
         })
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Starlette's own refusals (404 for an unknown path, 405 for ``GET /api/upscale``) in JSON
+        too: a script reading ``error`` got a bare text page."""
+        assert isinstance(exc, HTTPException)
+        where = f"{request.method} {request.url.path[:100]}"
+        return error(exc.status_code, f"{where}: {exc.detail}", dict(exc.headers or {}))
+
     async def internal_error(request: Request, exc: Exception) -> Response:
         """Any other bug answers JSON too (Starlette logs it with its traceback)."""
         return error(500, f"internal error: {type(exc).__name__}")
@@ -359,7 +387,7 @@ def create_app(*, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MA
         Route("/", index, methods=["GET"]),
         Route("/api/info", info, methods=["GET"]),
         Route("/api/upscale", upscale, methods=["POST"]),
-    ], exception_handlers={Exception: internal_error})
+    ], exception_handlers={HTTPException: http_error, Exception: internal_error})
 
 
 def listen_socket(host: str, port: int) -> socket.socket:

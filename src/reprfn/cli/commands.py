@@ -207,9 +207,11 @@ def export_format(out: Path, requested: str = "auto") -> str:
 def cmd_export(args: argparse.Namespace) -> int:
     from ..api import resolve_model
     from ..export import export_onnx, export_torchscript
+    from ..runtime.onnx import DEFAULT_OPSET
 
     out = Path(args.output)
     fmt = export_format(out, args.format)
+    _export_flags(fmt, args)
     if fmt == "ncnn":
         from ..export_ncnn import ncnn_paths
 
@@ -229,9 +231,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         export_torchscript(model, out)
         print(f"{out}: TorchScript, {model.arch} x{model.scale}, fused")
         return 0
-    report = export_onnx(model, out, opset=args.opset, fp16=args.fp16)
+    report = export_onnx(model, out, opset=DEFAULT_OPSET if args.opset is None else args.opset, fp16=args.fp16)
     print(report.summary())
     return 0
+
+
+def _export_flags(fmt: str, args: argparse.Namespace) -> None:
+    """Refuse a flag the chosen format does not use: ``-o m.pt --fp16`` wrote a float32 TorchScript
+    file with exit 0, and ``--opset`` was dropped without a word for TorchScript and ncnn."""
+    if args.opset is not None and fmt != "onnx":
+        raise UsageError(f"{args.output}: --opset applies to ONNX only, and this writes {fmt}; drop --opset")
+    if args.fp16 and fmt == "torchscript":
+        raise UsageError(f"{args.output}: TorchScript export is float32 only; drop --fp16, or write .onnx or ncnn")
 
 
 def _profile_target(args: argparse.Namespace) -> SRModel:

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model.onnx, model.pt for TorchScript, or NAME / NAME.param for ncnn (NAME.param + NAME.bin)")
     p.add_argument("--format", choices=("auto", "onnx", "torchscript", "ncnn"), default="auto",
                    help="output format (auto: from the suffix of -o)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     p.add_argument("--fp16", action="store_true", help="float16 weights and compute, float32 input/output "
                                                         "(ncnn: float16 weights in the .bin)")
     p.set_defaults(func=cmd_export)

@@ -31,17 +31,46 @@ ENCODER_BYTES_PER_PIXEL = 3 * 3 + 60
 MAX_CRF = 63  # the largest any codec with a crf takes (VP9 and AV1)
 # Lower ceilings: x264 and x265 clamp a larger crf to 51 without a word, so it is refused here.
 CODEC_MAX_CRF = {"libx264": 51, "libx264rgb": 51, "libx265": 51}
+# Higher floors: SVT-AV1 reads crf 0 as "not set" and encodes at its default (35) without a word.
+CODEC_MIN_CRF = {"libsvtav1": 1}
+# FFmpeg's format names that pick an encoder (``--codec h264`` is libx264): resolved by PyAV when
+# it is there; these are its choices in the PyPI wheels, for the check before PyAV is imported.
+CODEC_ALIASES = {"h264": "libx264", "hevc": "libx265", "av1": "libsvtav1"}
+
+
+def encoder_name(codec: str | None) -> str:
+    """The encoder ``codec`` names (``h264`` -> ``libx264``), so that the limits of an encoder apply
+    whatever name it is asked by; ``codec`` itself when PyAV does not know it."""
+    codec = codec or ""
+    try:
+        import av
+
+        return str(av.codec.Codec(codec, "w").name)
+    except Exception:  # no PyAV, or no such encoder (refused later, by ``pick_codec``)
+        return CODEC_ALIASES.get(codec, codec)
 
 
 def check_crf(crf: object, name: str = "crf", codec: str | None = None) -> int:
-    """A whole number in 0..63, or 0..51 for ``codec`` x264 and x265 (PyAV not needed: the
-    command line checks it before the batch)."""
+    """A whole number in 0..63, or 0..51 for x264 and x265 and 1..63 for SVT-AV1, whatever name
+    ``codec`` gives them (PyAV not needed: the command line checks it before the batch)."""
     if not isinstance(crf, int) or isinstance(crf, bool) or not 0 <= crf <= MAX_CRF:
         raise UsageError(f"{name} must be a whole number from 0 (lossless with x264) to {MAX_CRF}, got {crf!r}")
-    top = CODEC_MAX_CRF.get(codec or "", MAX_CRF)
+    encoder = encoder_name(codec)
+    low, top = CODEC_MIN_CRF.get(encoder, 0), CODEC_MAX_CRF.get(encoder, MAX_CRF)
+    label = codec if encoder == codec else f"{codec} ({encoder})"
     if crf > top:
-        raise UsageError(f"{name} {crf}: {codec} takes 0 to {top} (it would quietly use {top})")
+        raise UsageError(f"{name} {crf}: {label} takes 0 to {top} (it would quietly use {top})")
+    if crf < low:
+        raise UsageError(f"{name} {crf}: {label} takes {low} to {MAX_CRF} (it would quietly use its default)")
     return crf
+
+
+def check_max_pixels(max_pixels: int | None) -> int | None:
+    """None (the images' default), 0 (no limit) or a positive whole number: a negative or fractional
+    limit would refuse every frame after the model had loaded, as "over the limit of -5"."""
+    if max_pixels is not None and (not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 0):
+        raise UsageError(f"max_pixels must be a whole number of pixels, 0 for no limit, or None, got {max_pixels!r}")
+    return max_pixels
 
 
 def require_av() -> ModuleType:
@@ -84,7 +113,7 @@ def upscale_video(src: str | os.PathLike, dst: str | os.PathLike, scale: int | N
     from ..runtime.prepare import prepare
 
     src, dst = Path(src), Path(dst)
-    tile, pad = check_tile(tile), check_pad(pad)
+    tile, pad, max_pixels = check_tile(tile), check_pad(pad), check_max_pixels(max_pixels)
     require_av()
     from .pipeline import transcode
     from .streams import output_pix_fmt, pick_codec
