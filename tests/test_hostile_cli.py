@@ -389,3 +389,16 @@ def test_an_eval_save_dir_that_is_a_file_is_refused_before_any_work(images, tmp_
     assert line == (f"reprfn: error: {tmp_path / 'notes.txt'}: "
                     "cannot write the --save-dir folder there, it is a file, not a folder")
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--precision", "bf16"], "--precision applies to the timing, which only --runtime measures"),
+    (["--runs", "3"], "--runs applies to the timing"),
+    (["--warmup", "0"], "--warmup applies to the timing"),
+    (["--mode", "online"], "--mode applies to the training form's RepBlocks: add --form train"),
+])
+def test_profile_refuses_a_flag_it_would_not_use(capsys, flags, message):
+    """Each profiled what was not asked (fp32 counts alone, the fused model) with exit 0."""
+    assert main(["profile", "reprfn", "--input", "3x16x16", "--no-memory", *flags]) == 2
+    assert _one_error_line(capsys).startswith(f"reprfn: error: {message}")
+    assert main(["profile", "reprfn", "--input", "3x16x16", "--no-memory", "--form", "train", "--mode", "online"]) == 0

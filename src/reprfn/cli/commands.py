@@ -258,14 +258,28 @@ def _profile_target(args: argparse.Namespace) -> SRModel:
         return model.fuse() if model.form == "train" else model
     if has_rep and model.form == "deploy":
         raise UsageError(f"{args.model}: a deploy-form checkpoint has no training form (its branches are fused)")
-    return set_mode(model, args.mode).eval()
+    return set_mode(model, args.mode or "branches").eval()
+
+
+def _profile_flags(args: argparse.Namespace) -> None:
+    """Refuse a flag this profile would not use: ``--precision bf16`` without ``--runtime`` printed
+    fp32 counts alone, and ``--mode online`` of the deploy form profiled the fused model, each
+    with exit 0, read as a measurement of what was asked."""
+    if not args.runtime:
+        given = [flag for flag, value in (("--runs", args.runs), ("--warmup", args.warmup)) if value is not None]
+        given += ["--precision"] if args.precision != "fp32" else []
+        if given:
+            raise UsageError(f"{given[0]} applies to the timing, which only --runtime measures; add --runtime")
+    if args.mode is not None and args.form == "deploy":
+        raise UsageError("--mode applies to the training form's RepBlocks: add --form train, or drop --mode")
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from ..profile import format_report, parse_input, profile_model, to_json
 
-    _at_least(args.runs, 1, "--runs")
-    _at_least(args.warmup, 0, "--warmup")
+    _profile_flags(args)
+    args.runs = 10 if args.runs is None else _at_least(args.runs, 1, "--runs")
+    args.warmup = 2 if args.warmup is None else _at_least(args.warmup, 0, "--warmup")
     check_outputs(args)
     device = device_from_name(args.device)
     shape = parse_input(args.input)
@@ -319,9 +333,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _at_least(value: int, minimum: int, flag: str) -> None:
+def _at_least(value: int, minimum: int, flag: str) -> int:
     if value < minimum:
         raise UsageError(f"{flag} must be at least {minimum}, got {value}")
+    return value
 
 
 def check_outputs(args: argparse.Namespace) -> None:

@@ -130,11 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LR input size (default 3x180x320: 720p out at x4)")
     p.add_argument("--form", choices=("deploy", "train"), default="deploy",
                    help="deploy (RepBlocks fused into 3x3 convs; the default) or train (the training form)")
-    p.add_argument("--mode", choices=("branches", "online"), default="branches",
-                   help="RepBlocks of the training form: nine branches (the paper's) or online fusion")
+    p.add_argument("--mode", choices=("branches", "online"), default=None,
+                   help="RepBlocks of the training form (--form train): nine branches (the paper's; the default) "
+                        "or online fusion")
     p.add_argument("--runtime", action="store_true", help="also time forwards (eager, and the default upscale path)")
-    p.add_argument("--runs", type=int, default=10, help="timed runs for --runtime (median reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs first")
+    p.add_argument("--runs", type=int, default=None, help="timed runs for --runtime (median reported; default 10)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs first, for --runtime (default 2)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="the precision --runtime times the default upscale path in, beside the eager fp32 model "
