@@ -157,3 +157,15 @@ def test_a_max_pixels_that_is_no_limit_is_refused_before_any_work(tmp_path, monk
     with pytest.raises(UsageError, match=r"^max_pixels must be a whole number of pixels, 0 for no limit, or None"):
         reprfn.upscale_video(src, dst, scale=2, model=Nearest(), max_pixels=max_pixels)
     assert calls == [] and not dst.exists() and leftovers(tmp_path) == []
+
+
+def test_an_unknown_codec_is_refused_once_before_the_batch(tmp_path, weights, capsys):  # noqa: F811
+    """It failed on each video alone, one identical line per video, after the model had loaded."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    make_video(folder / "a.mp4", 2)
+    make_video(folder / "b.mp4", 2)
+    code, err = cli(["-i", str(folder), "-o", str(tmp_path / "out"), "-w", str(weights), "--codec", "nosuch"], capsys)
+    assert code == 2 and err == ["reprfn: error: --codec nosuch: no such video encoder in PyAV's FFmpeg "
+                                 "(try libx264, libx265, libvpx-vp9, libsvtav1, ffv1)"], err
+    assert not (tmp_path / "out").exists()

@@ -65,6 +65,20 @@ def check_crf(crf: object, name: str = "crf", codec: str | None = None) -> int:
     return crf
 
 
+def check_codec(codec: str, default: str = "libx264") -> str:
+    """A ``codec`` other than the default that PyAV's FFmpeg cannot encode, refused once before a
+    batch (it failed on each video, after the model had loaded); without PyAV, each video says so."""
+    if codec != default:
+        try:
+            import av  # noqa: F401
+        except ImportError:
+            return codec
+        from .streams import pick_codec
+
+        pick_codec(codec, default)
+    return codec
+
+
 def check_max_pixels(max_pixels: int | None) -> int | None:
     """None (the images' default), 0 (no limit) or a positive whole number: a negative or fractional
     limit would refuse every frame after the model had loaded, as "over the limit of -5"."""
