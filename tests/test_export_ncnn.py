@@ -172,7 +172,7 @@ def test_cli_refuses_an_unwritable_target_and_mismatched_names(tmp_path: Path, c
     target = tmp_path / "afile" / "x2"
     assert main(["export", "--format", "ncnn", "-s", "2", "-o", str(target)]) == 2
     err = capsys.readouterr().err
-    assert err == f"reprfn: error: {target}.param: cannot write the output, {tmp_path / 'afile'} is not a directory\n"
+    assert err == f"reprfn: error: {target}.param: cannot write the export, {tmp_path / 'afile'} is not a directory\n"
     for fmt, name, wanted in (("ncnn", "m.onnx", "NAME or NAME.param"), ("onnx", "m.param", "NAME.onnx"),
                               ("torchscript", "m", "NAME.pt or NAME.ts")):
         assert main(["export", "--format", fmt, "-s", "2", "-o", str(tmp_path / name)]) == 2
