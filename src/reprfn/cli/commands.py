@@ -135,7 +135,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..api import check_pad, check_suffix, check_tile, collect_inputs, is_video, upscale_file
-    from ..video import check_codec, check_crf, upscale_video
+    from ..video import check_crf, check_encoder, upscale_video
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = device_from_name(args.device)
@@ -147,7 +147,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         check_suffix(args.suffix, "--suffix")
         if any(is_video(src) for src in files):
             check_crf(args.crf, "--crf", codec=args.codec)
-            check_codec(args.codec)
+            check_encoder(args.codec)
         plan = _upscale_plan(args, files)[rank::world]  # torchrun: each rank takes every world-th file
     except UsageError:
         if rank:

@@ -11,7 +11,7 @@ it until a video is read, so deciding what is a video and where it goes needs no
 """
 
 from .paths import VIDEO_SUFFIXES, is_video, video_file_output, video_output_path
-from .upscale import INSTALL, check_codec, check_crf, require_av, upscale_video
+from .upscale import INSTALL, check_crf, check_encoder, require_av, upscale_video
 
-__all__ = ["INSTALL", "VIDEO_SUFFIXES", "check_codec", "check_crf", "is_video", "require_av", "upscale_video",
+__all__ = ["INSTALL", "VIDEO_SUFFIXES", "check_crf", "check_encoder", "is_video", "require_av", "upscale_video",
            "video_file_output", "video_output_path"]

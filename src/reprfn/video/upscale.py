@@ -65,7 +65,7 @@ def check_crf(crf: object, name: str = "crf", codec: str | None = None) -> int:
     return crf
 
 
-def check_codec(codec: str, default: str = "libx264") -> str:
+def check_encoder(codec: str, default: str = "libx264") -> str:
     """A ``codec`` other than the default that PyAV's FFmpeg cannot encode, refused once before a
     batch (it failed on each video, after the model had loaded); without PyAV, each video says so."""
     if codec != default:
