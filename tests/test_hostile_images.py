@@ -4,6 +4,7 @@ one line), and non-finite model outputs refused rather than written."""
 
 from __future__ import annotations
 
+import io
 import struct
 import subprocess
 import sys
@@ -664,3 +665,21 @@ def test_an_animation_is_refused_and_the_batch_goes_on(tmp_path, capsys, suffix,
     single = tmp_path / "one.png"
     frames[0].save(single, save_all=True, append_images=frames[:1], duration=100)  # one frame: a still image
     assert load_picture(single).pixels.shape == (16, 20, 3)
+
+
+def test_a_tiff_pillow_cannot_decode_is_called_a_tiff(tmp_path):
+    """A 16-bit grey + alpha or a float TIFF read "not a PNG, JPEG, WebP, BMP or TIFF file"."""
+    import tifffile  # the dev extra's: Pillow writes neither layout
+
+    grey_alpha, floats = tmp_path / "la16.tif", tmp_path / "f32.tif"
+    tifffile.imwrite(grey_alpha, np.zeros((8, 8, 2), np.uint16), photometric="minisblack",
+                     extrasamples=["unassalpha"], planarconfig="contig")
+    tifffile.imwrite(floats, np.zeros((8, 8, 3), np.float32), photometric="rgb")
+    for path in (grey_alpha, floats):
+        with pytest.raises(ImageError, match=r"not a readable image \(a TIFF whose samples Pillow cannot decode"):
+            load_picture(path)
+        with pytest.raises(ImageError, match="a TIFF whose samples"):
+            load_picture(io.BytesIO(path.read_bytes()), name=path.name)
+    (tmp_path / "text.tif").write_text("not a picture")
+    with pytest.raises(ImageError, match=r"not a PNG, JPEG, WebP, BMP or TIFF file"):
+        load_picture(tmp_path / "text.tif")

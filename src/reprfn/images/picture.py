@@ -82,10 +82,27 @@ def load_picture(source: str | os.PathLike | BinaryIO, *, max_pixels: int | None
     except ImageError:
         raise
     except UnidentifiedImageError:
-        reason = "not a PNG, JPEG, WebP, BMP or TIFF file"
-        raise ImageError(f"{label}: not a readable image ({reason})") from None
+        raise ImageError(f"{label}: not a readable image ({_unidentified(src)})") from None
     except Exception as exc:  # truncated, corrupt, an unsupported layout
         raise ImageError(f"{label}: not a readable image ({one_line(exc)[:200]})") from None
+
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+
+
+def _unidentified(src: Path | BinaryIO) -> str:
+    """Why Pillow named no format: a TIFF whose header it reads but whose samples it cannot decode
+    (16-bit grey + alpha, floating point) is a TIFF all the same, and "not a TIFF" misled."""
+    if isinstance(src, Path):
+        with open(src, "rb") as fh:
+            head = fh.read(4)
+    else:
+        src.seek(0)
+        head = src.read(4)
+    if head in TIFF_MAGIC:
+        return ("a TIFF whose samples Pillow cannot decode (such as 16-bit grey with alpha, or floating "
+                "point); save it as 8- or 16-bit grey, RGB or RGBA")
+    return "not a PNG, JPEG, WebP, BMP or TIFF file"
 
 
 def _check_max_pixels(max_pixels: int | None) -> None:
